@@ -1,0 +1,125 @@
+"""Build a dataset version: extract -> download -> filter -> dedupe -> shard -> manifest.
+
+    python -m pipelines.build --config configs/demo.yaml [section.key=value ...]
+
+On a cluster: `ray job submit --working-dir . -- python -m pipelines.build --config configs/demo.yaml
+storage.root=s3://bucket/prefix`. Prints the manifest's URI as the last line of stdout.
+
+Every stage publishes its outputs atomically and marks itself committed last, so killing the build at any
+point and rerunning it with the same config resumes: committed work is skipped, nothing is lost or duplicated.
+The manifest is written last; a version without one does not exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import logging
+import sys
+import time
+
+import yaml
+
+from pipelines import layout, storage
+from pipelines.build_config import PipelineConfig
+from pipelines.config import add_config_args, config_hash, load_config
+from pipelines.engines import init_ray, spark_session, stop_spark
+from pipelines.funnel import StageCounts, render
+from pipelines.schema import Manifest, load_manifest, manifest_uri, write_manifest
+from pipelines.storage import StorageConfig
+from pipelines.version import code_version
+
+log = logging.getLogger("pipelines.build")
+
+
+def _web_config_class():
+    # The synthetic web is a stand-in for the internet, imported only when a config asks for it.
+    from synthweb.config import WebConfig
+
+    return WebConfig
+
+
+def sections() -> dict[str, type]:
+    return {"storage": StorageConfig, "web": _web_config_class(), "pipeline": PipelineConfig}
+
+
+def _stage(name: str, uri: str, fn) -> StageCounts:
+    done = layout.committed(uri)
+    if done is not None:
+        log.info("stage %s already committed at %s: skipped", name, uri)
+        return done
+    t0 = time.time()
+    counts = fn()
+    log.info("stage %s done in %.1fs: %d in, %d out", name, time.time() - t0, counts.input, counts.output)
+    return counts
+
+
+def build(cfg: dict) -> str:
+    st: StorageConfig = cfg["storage"]
+    pc: PipelineConfig = cfg["pipeline"]
+    version = layout.version_uri(st.root, pc.dataset, pc.version)
+    m_uri = manifest_uri(st.root, pc.dataset, pc.version)
+    if storage.exists(m_uri):
+        load_manifest(m_uri)  # fail loudly if what is there is not a manifest this code can read
+        log.info("dataset version already built: %s", m_uri)
+        return m_uri
+    chash = config_hash({"web": cfg["web"], "pipeline": pc})
+    storage.write_bytes(storage.join(version, "config.yaml"), yaml.safe_dump(cfg["_raw"], sort_keys=True).encode())
+
+    upstream: dict = {"source": pc.source.kind}
+    serve_web = contextlib.nullcontext()
+    if pc.source.kind == "synthetic":
+        from synthweb.corpus import ensure_corpus
+        from synthweb.server import serve
+
+        corpus = ensure_corpus(cfg["web"])
+        warcs = corpus.warc_paths
+        upstream.update(web_corpus=corpus.corpus_id, warc=warcs)
+        serve_web = serve(cfg["web"])
+    else:
+        warcs = list(pc.source.warc)
+        upstream["warc"] = warcs
+
+    from pipelines.stages import dedupe, download, extract, filter as filter_stage, shard
+
+    w = {s: layout.work_uri(version, s) for s in ("candidates", "download", "filtered", "dedupe")}
+    spark = spark_session(pc.engine)
+    try:
+        stages = [_stage("extract", w["candidates"], lambda: extract.run(spark, pc.extract, warcs, w["candidates"]))]
+        with serve_web:
+            stages.append(_stage("download", w["download"],
+                                 lambda: download.run(pc.download, pc.engine, w["candidates"], w["download"])))
+        init_ray(pc.engine)
+        stages.append(_stage("filter", w["filtered"], lambda: filter_stage.run(pc.filter, w["download"], w["filtered"])))
+        stages.append(_stage("dedupe", w["dedupe"], lambda: dedupe.run(spark, pc.dedupe, w["filtered"], w["dedupe"])))
+        shard_infos, shard_counts = shard.run(pc.shard, w["dedupe"], w["download"], version)
+        stages.append(shard_counts)
+    finally:
+        stop_spark()
+
+    funnel = {"stages": [s.to_json() for s in stages]}
+    storage.write_json(storage.join(version, "funnel.json"), funnel)
+    manifest = Manifest(
+        dataset=pc.dataset, version=pc.version, shards=shard_infos,
+        total_samples=sum(s.samples for s in shard_infos), funnel=funnel, config_hash=chash,
+        code_version=code_version(), upstream=upstream,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    write_manifest(m_uri, manifest)  # last: the version now exists
+    print(render(stages))
+    return m_uri
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.build", description=__doc__.split("\n\n")[0])
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = load_config(args.config, args.overrides, sections())
+    print(build(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
