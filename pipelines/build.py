@@ -12,7 +12,6 @@ The manifest is written last; a version without one does not exist.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import logging
@@ -23,7 +22,7 @@ import yaml
 
 from pipelines import layout, storage
 from pipelines.build_config import PipelineConfig
-from pipelines.config import add_config_args, config_hash, load_config
+from pipelines.config import config_hash, parse_cli
 from pipelines.engines import init_ray, spark_session, stop_spark
 from pipelines.funnel import StageCounts, render
 from pipelines.schema import Manifest, load_manifest, manifest_uri, write_manifest
@@ -84,6 +83,9 @@ def build(cfg: dict) -> str:
     from pipelines.stages import dedupe, download, extract, filter as filter_stage, shard
 
     w = {s: layout.work_uri(version, s) for s in ("candidates", "download", "filtered", "dedupe")}
+    from pyspark.sql import SparkSession
+
+    own_spark = SparkSession.getActiveSession() is None  # stop only a session this build started
     spark = spark_session(pc.engine)
     try:
         stages = [_stage("extract", w["candidates"], lambda: extract.run(spark, pc.extract, warcs, w["candidates"]))]
@@ -96,7 +98,8 @@ def build(cfg: dict) -> str:
         shard_infos, shard_counts = shard.run(pc.shard, w["dedupe"], w["download"], version)
         stages.append(shard_counts)
     finally:
-        stop_spark()
+        if own_spark:
+            stop_spark()
 
     funnel = {"stages": [s.to_json() for s in stages]}
     storage.write_json(storage.join(version, "funnel.json"), funnel)
@@ -112,11 +115,8 @@ def build(cfg: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.build", description=__doc__.split("\n\n")[0])
-    add_config_args(parser)
-    args = parser.parse_args(argv)
+    cfg = parse_cli("python -m pipelines.build", __doc__.split("\n\n")[0], argv, sections())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = load_config(args.config, args.overrides, sections())
     print(build(cfg))
     return 0
 

@@ -176,3 +176,16 @@ def add_config_args(parser) -> None:
     """The CLI every entry point shares: --config FILE plus dotted overrides."""
     parser.add_argument("--config", required=True, help="YAML config file, e.g. configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.steps=100 storage.root=s3://b/p")
+
+
+def parse_cli(prog: str, description: str, argv: list[str] | None, sections: dict[str, type]) -> dict[str, Any]:
+    """Parse `--config FILE [key=value ...]` and validate; a bad config exits with status 2 and names the field."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        return load_config(args.config, args.overrides, sections)
+    except ConfigError as exc:
+        parser.exit(2, f"{prog}: config error: {exc}\n")

@@ -68,8 +68,11 @@ def s3_bucket(s3_endpoint):
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """An embedded local Ray for the whole session (starting Ray costs seconds; tests share it)."""
+def ray_local(s3_endpoint):
+    """An embedded local Ray for the whole session (starting Ray costs seconds; tests share it).
+
+    It depends on the S3 server so that the AWS variables are set before Ray starts its workers, which
+    inherit the environment of the process that started Ray."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,

@@ -1,0 +1,36 @@
+# Two commands for a new user: `make demo` and `make test`. Both create .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/demo.yaml
+export NO_ALBUMENTATIONS_UPDATE := 1
+export WANDB_MODE := disabled
+export RAY_USAGE_STATS_ENABLED := 0
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: demo test install clean
+
+$(VENV)/.installed: requirements.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned to the CPU wheel: an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	@echo "== 1/4 build the dataset (pipelines.build)"
+	$(PY) -m pipelines.build --config $(CONFIG) $(ARGS)
+	@echo "== 2/4 train (training.train)"
+	$(PY) -m training.train --config $(CONFIG) $(ARGS)
+	@echo "== 3/4 evaluate (evaluation.run)"
+	$(PY) -m evaluation.run --config $(CONFIG) $(ARGS)
+	@echo "== 4/4 dashboard (evaluation.dashboard)"
+	$(PY) -m evaluation.dashboard --config $(CONFIG) $(ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q $(ARGS)
+
+clean:
+	rm -rf data
