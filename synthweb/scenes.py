@@ -12,6 +12,7 @@ import math
 import random
 from dataclasses import dataclass, replace
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
@@ -84,10 +85,27 @@ def sample_spec(rng: random.Random, allow_held_out: bool = False, glyph_fraction
     )
 
 
+# Colours too close to a background to be seen on it; never drawn there.
+INVISIBLE: dict[str, frozenset[str]] = {
+    "beige": frozenset({"white", "yellow"}), "light blue": frozenset({"white"}), "dark": frozenset({"black"}),
+    "gray": frozenset(),
+}
+
+
+def visible_colours(background: str) -> list[str]:
+    return [c for c in COLOURS if c not in INVISIBLE.get(background, frozenset())]
+
+
 def _contrasting_colour(rng: random.Random, background: str) -> str:
-    # Keep the object visible: no white on beige/light blue, no black on dark.
-    bad = {"beige": {"white", "yellow"}, "light blue": {"white"}, "dark": {"black"}, "gray": set()}.get(background, set())
-    return rng.choice([c for c in COLOURS if c not in bad])
+    return rng.choice(visible_colours(background))
+
+
+def _noise(size: tuple[int, int], sigma: float, rng: random.Random) -> Image.Image:
+    # Seeded from the scene's rng: Pillow's effect_noise uses an unseeded C generator, which would break
+    # "same spec and seed, same pixels".
+    gen = np.random.default_rng(rng.getrandbits(64))
+    arr = np.clip(gen.normal(128.0, sigma, size=(size[1], size[0], 1)), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(arr, 3, axis=2), "RGB")
 
 
 def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int = 18) -> tuple[int, int, int]:
@@ -98,7 +116,7 @@ def _background(spec: SceneSpec, w: int, h: int, rng: random.Random) -> Image.Im
     if spec.background in BACKGROUNDS:
         return Image.new("RGB", (w, h), _jitter(BACKGROUNDS[spec.background], rng, 10))
     if spec.background == "noise":
-        img = Image.effect_noise((w, h), 60).convert("RGB")
+        img = _noise((w, h), 60, rng)
         return Image.blend(img, Image.new("RGB", (w, h), (120, 120, 120)), 0.3)
     if spec.background == "stripes":
         img = Image.new("RGB", (w, h), (200, 200, 200))
@@ -214,7 +232,7 @@ def degrade(img: Image.Image, kind: str, seed: int = 0) -> Image.Image:
     if kind == "blur":
         return img.filter(ImageFilter.GaussianBlur(radius=max(1.0, img.width / 64)))
     if kind == "noise":
-        noise = Image.effect_noise(img.size, 80).convert("RGB")
+        noise = _noise(img.size, 80, rng)
         return Image.blend(img, noise, 0.35)
     if kind == "rotate":
         return img.rotate(rng.choice((90, 180, 270)))

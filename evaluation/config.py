@@ -1,0 +1,66 @@
+"""The `evaluation` and `dashboard` sections of a run config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = ""
+    """Checkpoint to evaluate: "" = the latest step of `training.run` under `storage.root`; "all" = every saved
+    step of that run (for top-1-by-step curves); otherwise a step-dir or run-dir URI."""
+    tasks: list[str] = field(default_factory=list)
+    """Datasets to evaluate (names from evaluation.tasks.DATASETS); empty = all of them."""
+    samples_per_class: int = 20
+    """Images rendered per class for each classification dataset."""
+    retrieval_pairs: int = 200
+    """Held-out (image, caption) pairs in the retrieval dataset; R@k chance is k / this."""
+    image_size: int = 96
+    """Side in pixels of the rendered evaluation images (the model resizes as it does for training)."""
+    seed: int = 1234
+    """Seed of every evaluation dataset: same seed, same pixels."""
+    num_cpus: float = 1.0
+    """CPUs Ray reserves for each (checkpoint, dataset) task."""
+    max_retries: int = 2
+    """Times Ray reruns a task whose worker died (not one that raised: that is recorded as failed)."""
+    ray_address: str = ""
+    """Ray cluster to join; empty: RAY_ADDRESS if set (ray job submit), else an embedded local Ray."""
+    ray_num_cpus: int = 0
+    """CPUs for an embedded local Ray (0: all of this machine's)."""
+
+    def __post_init__(self) -> None:
+        from evaluation.tasks import DATASETS
+
+        unknown = [t for t in self.tasks if t not in DATASETS]
+        if unknown:
+            raise ValueError(f"evaluation.tasks: unknown dataset {unknown[0]!r} (known: {', '.join(DATASETS)})")
+        for name in ("samples_per_class", "retrieval_pairs", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"evaluation.{name}: must be at least 1, got {getattr(self, name)}")
+        if self.image_size < 16:
+            raise ValueError(f"evaluation.image_size: {self.image_size} is too small to draw a scene (min 16)")
+        if self.retrieval_pairs < 10:
+            raise ValueError(f"evaluation.retrieval_pairs: {self.retrieval_pairs} < 10 makes R@10 meaningless")
+        if self.num_cpus <= 0:
+            raise ValueError(f"evaluation.num_cpus: must be positive, got {self.num_cpus}")
+        if self.max_retries < 0:
+            raise ValueError(f"evaluation.max_retries: must be >= 0, got {self.max_retries}")
+
+    def dataset_names(self) -> list[str]:
+        from evaluation.tasks import DATASETS
+
+        return list(self.tasks) or list(DATASETS)
+
+    def data_settings(self) -> dict:
+        """The settings that change what a dataset contains (hashed into each result row's config_hash)."""
+        return {"samples_per_class": self.samples_per_class, "retrieval_pairs": self.retrieval_pairs,
+                "image_size": self.image_size, "seed": self.seed}
+
+
+@dataclass
+class DashboardConfig:
+    title: str = "witforge evaluation"
+    """Page title of the dashboard."""
+    output: str = ""
+    """Where to publish the page; "" = <storage.root>/dashboard/index.html."""

@@ -1,0 +1,63 @@
+"""Evaluate one encoder on one dataset: render it, embed it, score it. Returns metric rows without provenance."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from evaluation import metrics
+from evaluation.config import EvalConfig
+from evaluation.render import render_samples
+from evaluation.tasks import ClassificationDataset, RetrievalDataset, get_dataset
+
+BATCH = 64  # images per encode call: bounds memory on large evaluation sets
+
+
+def _encode_images(encoder: metrics.Encoder, images: list) -> np.ndarray:
+    parts = [np.asarray(encoder.encode_images(images[i:i + BATCH])) for i in range(0, len(images), BATCH)]
+    return np.concatenate(parts, axis=0)
+
+
+def _encode_texts(encoder: metrics.Encoder, texts: list[str]) -> np.ndarray:
+    parts = [np.asarray(encoder.encode_texts(texts[i:i + BATCH])) for i in range(0, len(texts), BATCH)]
+    return np.concatenate(parts, axis=0)
+
+
+def _rows(task: str, scores: dict[str, float], chance: dict[str, float], n: int) -> list[dict]:
+    return [{"task": task, "metric": m, "value": v, "chance": chance.get(m), "n": n} for m, v in scores.items()]
+
+
+def evaluate_classification(encoder: metrics.Encoder, ds: ClassificationDataset, cfg: EvalConfig) -> list[dict]:
+    samples = ds.samples(cfg.samples_per_class, cfg.seed)
+    image_emb = _encode_images(encoder, render_samples(samples, cfg.image_size))
+    class_emb = metrics.class_embeddings(_TextBatcher(encoder), ds.prompts)
+    scores = metrics.zero_shot(image_emb, class_emb, [s.label for s in samples], ds.image_classes())
+    return _rows(ds.kind, scores, metrics.zero_shot_chance(len(ds.classes)), len(samples))
+
+
+def evaluate_retrieval(encoder: metrics.Encoder, ds: RetrievalDataset, cfg: EvalConfig) -> list[dict]:
+    samples = ds.samples(cfg.retrieval_pairs, cfg.seed)
+    image_emb = _encode_images(encoder, render_samples(samples, cfg.image_size))
+    text_emb = _encode_texts(encoder, [s.text for s in samples])
+    scores = metrics.retrieval(image_emb, text_emb)
+    return _rows(ds.kind, scores, metrics.retrieval_chance(len(samples)), len(samples))
+
+
+def evaluate_dataset(encoder: metrics.Encoder, name: str, cfg: EvalConfig) -> list[dict]:
+    """Metric rows {task, metric, value, chance, n} of `encoder` on dataset `name`."""
+    ds = get_dataset(name)
+    if isinstance(ds, RetrievalDataset):
+        return evaluate_retrieval(encoder, ds, cfg)
+    return evaluate_classification(encoder, ds, cfg)
+
+
+class _TextBatcher:
+    """Wraps an encoder so class_embeddings' single encode_texts call is batched."""
+
+    def __init__(self, encoder: metrics.Encoder) -> None:
+        self.encoder = encoder
+
+    def encode_images(self, images: list) -> np.ndarray:
+        return _encode_images(self.encoder, images)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return _encode_texts(self.encoder, texts)

@@ -1,0 +1,173 @@
+"""Evaluate checkpoints on the procedural evaluation suite with Ray: one task per (checkpoint, dataset).
+
+    python -m evaluation.run --config configs/demo.yaml [evaluation.checkpoint=all evaluation.tasks=[shape] ...]
+
+On a cluster: `ray job submit --working-dir . -- python -m evaluation.run --config configs/demo.yaml
+storage.root=s3://bucket/prefix`.
+
+Each Ray task loads its checkpoint from storage itself (so the driver never ships weights) and returns metric
+rows; the driver stamps provenance and publishes them atomically to
+<root>/eval/results/<digest>/<dataset>.jsonl as each task finishes. Pairs already done with the same settings
+are skipped, so a rerun resumes. A task that raises is recorded as a failed row and the others finish; a task
+whose worker dies is retried (evaluation.max_retries). Prints a table (dataset, chance, top-1 or R@1) and
+exits 0, or 1 when any evaluation failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pipelines import storage
+from pipelines.config import parse_cli
+from pipelines.engines import EngineConfig, init_ray
+from pipelines.storage import StorageConfig
+from evaluation.config import DashboardConfig, EvalConfig
+from evaluation.evaluate import evaluate_dataset
+from evaluation.metrics import Encoder
+from evaluation.results import (PRIMARY, CheckpointRef, failed_row, is_done, ok_rows, read_rows, result_uri,
+                                write_rows)
+
+log = logging.getLogger("evaluation.run")
+Loader = Callable[[str], Encoder]
+# Variables storage needs on the workers (S3 endpoint/credentials), forwarded in the task's runtime_env.
+STORAGE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+               "FSSPEC_S3_ENDPOINT_URL", "WITFORGE_CODE_VERSION")
+
+
+def sections() -> dict[str, type]:
+    from training.config import TrainConfig
+
+    return {"storage": StorageConfig, "training": TrainConfig, "evaluation": EvalConfig, "dashboard": DashboardConfig}
+
+
+def default_loader(uri: str) -> Encoder:
+    from training.checkpoint import load_clip
+
+    return load_clip(uri)
+
+
+def checkpoint_ref(uri: str) -> CheckpointRef:
+    """Resolve a step dir (or a run dir, via its latest.json) to its digest and step, from meta.json."""
+    uri = uri.rstrip("/")
+    if not storage.exists(storage.join(uri, "meta.json")) and storage.exists(storage.join(uri, "latest.json")):
+        uri = storage.join(uri, storage.read_json(storage.join(uri, "latest.json"))["dir"])
+    meta_uri = storage.join(uri, "meta.json")
+    if not storage.exists(meta_uri):
+        raise FileNotFoundError(f"evaluation.checkpoint: no checkpoint at {uri} ({meta_uri} does not exist)")
+    meta = storage.read_json(meta_uri)
+    for key in ("digest", "step"):
+        if key not in meta:
+            raise ValueError(f"{meta_uri}: missing {key!r}")
+    return CheckpointRef(uri=uri, digest=str(meta["digest"]), step=int(meta["step"]), model=str(meta.get("run", "")))
+
+
+def resolve_checkpoints(root: str, run: str, spec: str) -> list[CheckpointRef]:
+    """evaluation.checkpoint -> the checkpoints to evaluate ("" latest of the run, "all" every step, or a URI)."""
+    if spec == "all":
+        from training.checkpoint import run_uri
+
+        steps = [u for u in storage.listdir(run_uri(root, run))
+                 if u.rstrip("/").rsplit("/", 1)[-1].startswith("step_") and storage.exists(storage.join(u, "meta.json"))]
+        if not steps:
+            raise FileNotFoundError(f"evaluation.checkpoint=all: no complete step dir under {run_uri(root, run)}")
+        return sorted((checkpoint_ref(u) for u in steps), key=lambda r: r.step)
+    if spec == "":
+        from training.checkpoint import latest_checkpoint
+
+        return [checkpoint_ref(latest_checkpoint(root, run))]
+    return [checkpoint_ref(spec)]
+
+
+def _evaluate_task(loader: Loader, uri: str, digest: str, dataset: str, cfg: EvalConfig) -> list[dict]:
+    model = loader(uri)
+    loaded = getattr(model, "digest", digest)
+    if loaded != digest:  # the step dir was overwritten between resolving and loading it
+        raise RuntimeError(f"{uri}: loaded weights have digest {loaded}, expected {digest}")
+    return evaluate_dataset(model, dataset, cfg)
+
+
+def _error_text(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc  # RayTaskError wraps the task's own exception
+    return f"{type(cause).__name__}: {cause}"[:2000]
+
+
+@dataclass
+class RunResult:
+    rows: list[dict] = field(default_factory=list)
+    evaluated: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def evaluate(cfg: dict[str, Any], loader: Loader = default_loader,
+             checkpoints: list[CheckpointRef] | None = None) -> RunResult:
+    """Evaluate and publish; `loader` (uri -> Encoder) runs inside the Ray tasks and must be picklable."""
+    root: str = cfg["storage"].root
+    ec: EvalConfig = cfg["evaluation"]
+    if checkpoints is None:
+        checkpoints = resolve_checkpoints(root, cfg["training"].run, ec.checkpoint)
+    out = RunResult()
+    todo = []
+    for ckpt in checkpoints:
+        for ds in ec.dataset_names():
+            if is_done(root, ckpt, ds, ec):
+                out.skipped.append((ckpt.digest, ds))
+                out.rows += read_rows(result_uri(root, ckpt.digest, ds))
+            else:
+                todo.append((ckpt, ds))
+    log.info("%d (checkpoint, dataset) pairs to evaluate, %d already done", len(todo), len(out.skipped))
+    if not todo:
+        return out
+    ray = init_ray(EngineConfig(ray_address=ec.ray_address, ray_num_cpus=ec.ray_num_cpus))
+    env = {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
+    options: dict[str, Any] = {"num_cpus": ec.num_cpus, "max_retries": ec.max_retries}
+    if env:
+        options["runtime_env"] = {"env_vars": env}
+    task = ray.remote(_evaluate_task).options(**options)
+    pending = {task.remote(loader, ckpt.uri, ckpt.digest, ds, ec): (ckpt, ds) for ckpt, ds in todo}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        ckpt, ds = pending.pop(done[0])
+        try:
+            rows = ok_rows(ckpt, ds, ec, ray.get(done[0]))
+            out.evaluated.append((ckpt.digest, ds))
+        except Exception as exc:  # noqa: BLE001 -- any task error becomes a failed row; the others go on
+            log.error("evaluation of %s on %s failed: %s", ckpt.uri, ds, _error_text(exc))
+            rows = failed_row(ckpt, ds, ec, _error_text(exc))
+            out.failed.append((ckpt.digest, ds))
+        write_rows(root, ckpt.digest, ds, rows)
+        out.rows += rows
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    """Dataset, chance and primary score (top-1, or image->text R@1 for retrieval) per checkpoint."""
+    lines = [f"{'step':>8}  {'dataset':<22} {'metric':<18} {'chance':>7} {'value':>7}"]
+    for r in sorted(rows, key=lambda r: (r["step"], r["dataset"])):
+        if r["status"] == "failed":
+            lines.append(f"{r['step']:>8}  {r['dataset']:<22} {'FAILED':<18} {'':>7} {'':>7}  {r['error'][:60]}")
+        elif r["metric"] == PRIMARY.get(r["task"]):
+            lines.append(f"{r['step']:>8}  {r['dataset']:<22} {r['metric']:<18} {r['chance']:>7.3f} {r['value']:>7.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_cli("python -m evaluation.run", __doc__.split("\n\n")[0], argv, sections())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        result = evaluate(cfg)
+    except (FileNotFoundError, ValueError) as exc:  # no checkpoint, a bad result file: say which, no traceback
+        print(f"python -m evaluation.run: {exc}", file=sys.stderr)
+        return 2
+    print(table(result.rows))
+    print(f"{len(result.evaluated)} evaluated, {len(result.skipped)} skipped (already done), "
+          f"{len(result.failed)} failed; results under {storage.join(cfg['storage'].root, 'eval', 'results')}")
+    return 1 if result.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
