@@ -1,0 +1,86 @@
+"""A small, self-contained dataset version (scenes from synthweb.scenes with template captions).
+
+For tests and quick training smoke runs that should not wait for the crawl pipeline. It writes exactly the
+layout pipelines.schema describes: shards/NNNNNN.tar (<uid>.jpg/.txt/.json) + .parquet, then manifest.json.
+
+    python -m training.toydata OUT_ROOT [N]   # prints the manifest URI
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import random
+import sys
+import tarfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import storage
+from pipelines.schema import Manifest, SampleMeta, ShardInfo, manifest_uri, write_manifest
+from synthweb.scenes import SceneSpec, render, sample_spec
+
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+
+
+def caption_for(spec: SceneSpec, rng: random.Random) -> str:
+    if spec.kind == "glyph":
+        what = f"the number {spec.glyph}" if spec.glyph.isdigit() else f"the letter {spec.glyph}"
+        return rng.choice([what, f"{what} in {spec.colour}", f"{spec.colour} {what[4:]} on a {spec.background} background"])
+    if spec.count > 1:
+        noun = spec.shape + ("es" if spec.shape.endswith("s") else "s")
+        return f"{NUMBER_WORDS[spec.count]} {spec.colour} {noun} on a {spec.background} background"
+    where = "in the center" if spec.position == "center" else f"on the {spec.position}"
+    return rng.choice([f"a {spec.size} {spec.colour} {spec.shape} {where}",
+                       f"a {spec.colour} {spec.shape} on a {spec.background} background",
+                       f"one {spec.size} {spec.colour} {spec.shape} {where} of a {spec.background} background"])
+
+
+def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_toy_dataset(root: str, n: int, samples_per_shard: int = 100, seed: int = 0, dataset: str = "toy",
+                      version: str = "v1", px: tuple[int, int] = (80, 160)) -> str:
+    rng = random.Random(seed)
+    base = storage.join(root, dataset, version)
+    shards: list[ShardInfo] = []
+    for shard_no, start in enumerate(range(0, n, samples_per_shard)):
+        buf, rows = io.BytesIO(), []
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for i in range(start, min(n, start + samples_per_shard)):
+                spec = sample_spec(rng)
+                side = rng.randint(*px)
+                out = io.BytesIO()
+                render(spec, (side, side), seed=rng.randrange(1 << 30)).save(out, "JPEG", quality=90)
+                jpg = out.getvalue()
+                uid = hashlib.sha256(f"{seed}/{i}".encode()).hexdigest()[:16]
+                meta = SampleMeta(uid=uid, url=f"http://toy/{uid}.jpg", page_url="http://toy/", caption=caption_for(spec, rng),
+                                  width=side, height=side, sha256=hashlib.sha256(jpg).hexdigest(), phash="0" * 16,
+                                  source=f"toy:{seed}")
+                _tar_add(tar, f"{uid}.jpg", jpg)
+                _tar_add(tar, f"{uid}.txt", meta.caption.encode())
+                _tar_add(tar, f"{uid}.json", json.dumps(meta.to_json()).encode())
+                rows.append(meta.to_json())
+        tar_bytes = buf.getvalue()
+        name = f"shards/{shard_no:06d}"
+        storage.write_bytes(storage.join(base, name + ".tar"), tar_bytes)
+        pq_buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "scores"} for r in rows]), pq_buf)
+        storage.write_bytes(storage.join(base, name + ".parquet"), pq_buf.getvalue())
+        shards.append(ShardInfo(path=name + ".tar", samples=len(rows), bytes=len(tar_bytes),
+                                sha256=hashlib.sha256(tar_bytes).hexdigest(), parquet=name + ".parquet"))
+    uri = manifest_uri(root, dataset, version)
+    write_manifest(uri, Manifest(dataset=dataset, version=version, shards=shards, total_samples=n, funnel={},
+                                 config_hash="toy", code_version="toy", upstream={"toy_seed": seed},
+                                 created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
+    return uri
+
+
+if __name__ == "__main__":
+    print(write_toy_dataset(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 6000, samples_per_shard=1000))
