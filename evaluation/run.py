@@ -16,7 +16,6 @@ exits 0, or 1 when any evaluation failed.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -34,8 +33,6 @@ from evaluation.results import (PRIMARY, CheckpointRef, failed_row, is_done, ok_
 log = logging.getLogger("evaluation.run")
 Loader = Callable[[str], Encoder]
 # Variables storage needs on the workers (S3 endpoint/credentials), forwarded in the task's runtime_env.
-STORAGE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
-               "FSSPEC_S3_ENDPOINT_URL", "WITFORGE_CODE_VERSION")
 
 
 def sections() -> dict[str, type]:
@@ -123,10 +120,7 @@ def evaluate(cfg: dict[str, Any], loader: Loader = default_loader,
     if not todo:
         return out
     ray = init_ray(EngineConfig(ray_address=ec.ray_address, ray_num_cpus=ec.ray_num_cpus))
-    env = {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
-    options: dict[str, Any] = {"num_cpus": ec.num_cpus, "max_retries": ec.max_retries}
-    if env:
-        options["runtime_env"] = {"env_vars": env}
+    options: dict[str, Any] = {"num_cpus": ec.num_cpus, "max_retries": ec.max_retries, **storage.ray_task_options()}
     task = ray.remote(_evaluate_task).options(**options)
     pending = {task.remote(loader, ckpt.uri, ckpt.digest, ds, ec): (ckpt, ds) for ckpt, ds in todo}
     while pending:

@@ -63,6 +63,7 @@ def spark_session(cfg: EngineConfig, app_name: str = "witforge"):
         .master(cfg.spark_master)
         .config("spark.driver.memory", cfg.spark_driver_memory)
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", "8")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.driver.host", "127.0.0.1")

@@ -26,6 +26,13 @@ class StorageConfig:
     root: str = "data"
     """Where every output goes: a local directory or s3://bucket/prefix. Changing it changes nothing else."""
 
+    def __post_init__(self) -> None:
+        if not self.root:
+            raise ValueError("storage.root: must not be empty")
+        # Workers (Ray, Spark) run in other directories: a relative local root must mean the driver's.
+        if not is_remote(self.root):
+            self.root = os.path.abspath(self.root.removeprefix("file://"))
+
 
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
@@ -34,6 +41,25 @@ def is_remote(uri: str) -> bool:
 def join(base: str, *parts: str) -> str:
     base = base.rstrip("/")
     return posixpath.join(base, *[p.strip("/") for p in parts if p])
+
+
+# Variables that configure object storage (endpoint, region, credentials). Ray and Spark workers only see the
+# environment of the process that started them, so stages pass these along with each task.
+STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_S3_")
+
+
+def storage_env() -> dict[str, str]:
+    """The driver's object-store environment, to re-apply in remote workers."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
+    if os.environ.get("WITFORGE_CODE_VERSION"):
+        env["WITFORGE_CODE_VERSION"] = os.environ["WITFORGE_CODE_VERSION"]
+    return env
+
+
+def ray_task_options() -> dict:
+    """`.options(...)` for Ray tasks that read or write storage: the driver's settings travel with the task."""
+    env = storage_env()
+    return {"runtime_env": {"env_vars": env}} if env else {}
 
 
 def _s3_options() -> dict[str, Any]:

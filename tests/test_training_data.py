@@ -102,3 +102,16 @@ def test_preprocess_matches_between_train_and_eval():
     x = preprocess(img, 16)
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32
     assert torch.equal(x, preprocess(img.convert("RGBA"), 16))  # mode-independent: always RGB
+
+
+def test_stream_of_unreadable_shards_aborts_with_the_cause(local_manifest, tmp_path):
+    from training import data
+
+    data.SKIPPED.clear()
+    data.DECODED[0] = 0
+    tok = train_from_manifest(local_manifest, 300, 16)
+    missing = [str(tmp_path / f"gone-{i}.tar") for i in range(3)]
+    loader = make_loader(missing, tok, 32, 4, num_workers=0, rank=0, world=1, seed=0, resampled=True)
+    with pytest.raises(data.TooManyCorruptSamples, match="FileNotFoundError"):
+        next(iter(loader))
+    data.SKIPPED.clear()

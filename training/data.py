@@ -34,13 +34,26 @@ log = logging.getLogger(__name__)
 
 # Per-process count of skipped samples by error type; each batch carries its worker's running total.
 SKIPPED: Counter = Counter()
+DECODED = [0]
+# Corruption is skipped, but a stream that is mostly failures (unreachable storage, a wrong path) must stop the
+# run with the cause rather than spin forever: abort once this many were skipped and they exceed the fraction.
+ABORT_MIN_SKIPPED = 100
+ABORT_SKIP_FRACTION = 0.05
+
+
+class TooManyCorruptSamples(RuntimeError):
+    pass
 
 
 def skip_and_count(exn: Exception) -> bool:
     """webdataset handler: record the failure and continue with the next sample/shard."""
     SKIPPED[type(exn).__name__] += 1
-    if sum(SKIPPED.values()) <= 5:  # the first few are worth a log line; a flood is not
+    skipped = sum(SKIPPED.values())
+    if skipped <= 5:  # the first few are worth a log line; a flood is not
         log.warning("skipping corrupt sample: %r", exn)
+    if skipped >= ABORT_MIN_SKIPPED and skipped > ABORT_SKIP_FRACTION * (skipped + DECODED[0]):
+        raise TooManyCorruptSamples(f"{skipped} samples skipped against {DECODED[0]} decoded "
+                                    f"({dict(SKIPPED)}); last error: {exn!r}") from exn
     return True
 
 
@@ -106,6 +119,7 @@ def make_decoder(image_size: int):
         caption = sample["txt"].decode("utf-8").strip()
         if not caption:
             raise ValueError(f"{sample.get('__url__')}:{sample.get('__key__')}: empty caption")
+        DECODED[0] += 1
         return image, caption
     return decode
 

@@ -44,7 +44,7 @@ from typing import Iterator, Literal
 from pipelines import layout, storage
 from pipelines.engines import EngineConfig, init_ray
 from pipelines.funnel import StageCounts
-from pipelines.stages.extract import storage_env
+from pipelines.storage import storage_env
 
 log = logging.getLogger(__name__)
 

@@ -34,16 +34,6 @@ DUPLICATE = "duplicate_candidate"
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 # Object-store settings the driver has; they travel with each task because executors (and Spark's Python
 # worker daemon) may have been started before, or on machines without, these variables.
-STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_S3_")
-
-
-def storage_env() -> dict[str, str]:
-    """The driver's object-store environment (endpoint, region, credentials) to re-apply in remote workers."""
-    import os
-
-    return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
-
-
 def apply_env(env: dict[str, str]) -> None:
     import os
 
@@ -143,7 +133,7 @@ def run(spark, cfg: ExtractConfig, warc_uris: list[str], out_uri: str) -> StageC
             raise FileNotFoundError(f"extract: WARC file {uri} does not exist")
     n = len(warc_uris)
     sc = spark.sparkContext
-    env = storage_env()
+    env = storage.storage_env()
     from pyspark import StorageLevel
 
     parsed = (sc.parallelize(list(enumerate(warc_uris)), n)

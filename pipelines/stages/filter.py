@@ -23,7 +23,8 @@ from pipelines import layout, storage
 from pipelines.funnel import StageCounts
 from pipelines.stages.captions import DEFAULT_UNINFORMATIVE, judge_caption, normalize_caption
 from pipelines.stages.images import inspect_image, sha256_hex
-from pipelines.stages.members import ray_task_options, read_members
+from pipelines.stages.members import read_members
+from pipelines.storage import ray_task_options
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,12 @@
-"""Shared by the Ray stages (filter, shard): streaming image members out of img2dataset tars, and the storage
-settings Ray tasks need."""
+"""Shared by the Ray stages (filter, shard): streaming image members out of img2dataset tars."""
 
 from __future__ import annotations
 
-import os
 import tarfile
 
 from pipelines import storage
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-# Storage settings of the driver; Ray workers may have started before they were set (e.g. a test's S3 server).
-_STORAGE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-                "AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL")
 
 
 def read_members(tar_uri: str, keys: set[str]) -> dict[str, bytes]:
@@ -32,7 +27,3 @@ def read_members(tar_uri: str, keys: set[str]) -> dict[str, bytes]:
     return out
 
 
-def ray_task_options() -> dict:
-    """`.options(...)` for Ray tasks that read/write storage: the driver's S3 settings travel with the task."""
-    env = {k: os.environ[k] for k in _STORAGE_ENV if os.environ.get(k)}
-    return {"runtime_env": {"env_vars": env}} if env else {}

@@ -25,7 +25,8 @@ from pipelines import storage
 from pipelines.funnel import StageCounts
 from pipelines.schema import SampleMeta, ShardInfo, validate_uid
 from pipelines.stages.dedupe import read_keep
-from pipelines.stages.members import ray_task_options, read_members
+from pipelines.stages.members import read_members
+from pipelines.storage import ray_task_options
 from pipelines.stages.images import to_jpeg
 
 # Fixed member mtime (2020-01-01): the same samples give the same tar bytes on every rerun.
