@@ -28,6 +28,8 @@ demo: $(VENV)/.installed
 	$(PY) -m evaluation.run --config $(CONFIG) $(ARGS)
 	@echo "== 4/4 dashboard (evaluation.dashboard)"
 	$(PY) -m evaluation.dashboard --config $(CONFIG) $(ARGS)
+	@echo "== done. Outputs (storage root data/): data/synthweb/v1/manifest.json (+ funnel.json, shards/),"
+	@echo "   data/checkpoints/demo/latest.json, data/eval/results/, data/dashboard/index.html"
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(ARGS)

@@ -109,7 +109,7 @@ def test_stream_of_unreadable_shards_aborts_with_the_cause(local_manifest, tmp_p
 
     data.SKIPPED.clear()
     data.DECODED[0] = 0
-    tok = train_from_manifest(local_manifest, 300, 16)
+    tok = train_from_manifest(load_manifest(local_manifest), local_manifest, 300, 16)
     missing = [str(tmp_path / f"gone-{i}.tar") for i in range(3)]
     loader = make_loader(missing, tok, 32, 4, num_workers=0, rank=0, world=1, seed=0, resampled=True)
     with pytest.raises(data.TooManyCorruptSamples, match="FileNotFoundError"):

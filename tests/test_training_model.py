@@ -3,6 +3,8 @@ and the distributed (all-gather) loss giving the same gradients as one process o
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 
@@ -46,6 +48,17 @@ def test_shapes_norms_and_temperature():
 def test_bad_config_names_field():
     with pytest.raises(ValueError, match="patch_size"):
         CLIPConfig(image_size=30, patch_size=8)
+    with pytest.raises(ValueError, match="vision_stem"):
+        CLIPConfig(vision_stem="resnet")
+
+
+def test_conv_stem_gives_the_patch_grid():
+    cfg = dataclasses.replace(TINY, vision_stem="conv")
+    m = CLIP(cfg, eot_id=EOT)
+    tokens = m.visual.conv1(torch.randn(2, 3, 32, 32))
+    assert tokens.shape == (2, 32, 4, 4)  # same 4x4 grid as 8-pixel patches
+    img, _, _ = m(torch.randn(2, 3, 32, 32), _tokens(2))
+    assert img.shape == (2, 16)
 
 
 def test_text_attention_is_causal():
