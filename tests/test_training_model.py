@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 
 import math
-import os
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 
 from tests.conftest import free_port
 from training.loss import clip_loss
-from training.model import CLIP, LOGIT_SCALE_INIT, CLIPConfig, param_groups
+from training.model import CLIP, CLIPConfig, param_groups
 
 TINY = CLIPConfig(embed_dim=16, image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2,
                   vocab_size=50, context_length=10, text_width=32, text_layers=2, text_heads=2)

@@ -14,7 +14,6 @@ checkpoints. The last line of stdout is the URI of the final checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from typing import Any
 
 from pipelines import storage
 from pipelines.build_config import PipelineConfig
-from pipelines.config import add_config_args, config_hash, load_config
+from pipelines.config import config_hash, parse_cli
 from pipelines.engines import init_ray
 from pipelines.schema import load_manifest, manifest_uri
 from pipelines.storage import StorageConfig
@@ -160,10 +159,8 @@ def train(cfg: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_args(parser)
-    ns = parser.parse_args(argv)
-    cfg = load_config(ns.config, ns.overrides, sections())  # a malformed config fails before any work
+    # A malformed config exits with status 2 and the field's name, before any work.
+    cfg = parse_cli("python -m training.train", __doc__.splitlines()[0], argv, sections())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     uri = train(cfg)
     print(uri, flush=True)
