@@ -116,8 +116,10 @@ def build(cfg: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_cli("python -m pipelines.build", __doc__.split("\n\n")[0], argv, sections())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("py4j").setLevel(logging.WARNING)  # py4j logs every closed gateway socket at INFO
+    # Our progress at INFO; libraries at WARNING (py4j logs each retried gateway socket at INFO on the root logger).
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name in ("pipelines", "synthweb"):
+        logging.getLogger(name).setLevel(logging.INFO)
     print(build(cfg))
     return 0
 
