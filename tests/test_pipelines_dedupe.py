@@ -65,7 +65,7 @@ def test_bands_satisfy_pigeonhole():
 
 def _row(uid: str, data: bytes) -> dict:
     v = inspect_image(data, max_pixels=10**8, min_side=8, max_aspect_ratio=10)
-    return dict(uid=uid, key=uid[:9], src_tar="x.tar", url=f"http://h/{uid}.jpg", page_url="", source="t",
+    return dict(uid=uid, key=uid[:9], src_tar="x.tar", url=f"http://h.invalid/{uid}.jpg", page_url="", source="t",
                 caption="c", width=v.width, height=v.height, sha256=uid, phash=v.phash, colour_sig=v.colour_sig,
                 lang="en", lang_score=1.0, keep=True, reason=None)
 

@@ -117,11 +117,11 @@ def test_extract_corrupt_warc_named(spark, tmp_path):
 
 
 def test_classify_rules():
-    page = "https://h.example/dir/p.html"
+    page = "https://h.example.test/dir/p.html"
     imgs, base = find_images('<img src="../i.png" alt=" x "><IMG SRC="javascript:alert(1)" ALT="y">'
-                             '<img src="//cdn.example/q.jpg?b=2&a=1" alt="xyz">', page)
+                             '<img src="//cdn.example.test/q.jpg?b=2&a=1" alt="xyz">', page)
     assert base == page
     got = [classify(i, base, min_alt_chars=2) for i in imgs]
     assert got[0] == (None, "no_alt")  # "x" is shorter than 2 chars
     assert got[1] == (None, "bad_url")
-    assert got[2][0].url == "https://cdn.example/q.jpg?a=1&b=2"
+    assert got[2][0].url == "https://cdn.example.test/q.jpg?a=1&b=2"
