@@ -25,7 +25,7 @@ from pipelines import storage
 from pipelines.build_config import PipelineConfig
 from pipelines.config import config_hash, parse_cli
 from pipelines.engines import init_ray
-from pipelines.schema import load_manifest, manifest_uri
+from pipelines.schema import ManifestError, load_manifest, manifest_uri
 from pipelines.storage import StorageConfig
 from pipelines.version import code_version
 from training.checkpoint import latest_checkpoint, run_uri, step_dirname
@@ -168,4 +168,7 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (ManifestError, FileNotFoundError) as exc:  # a missing input: name it, no traceback
+        sys.exit(f"python -m training.train: {exc}")
