@@ -4,6 +4,7 @@ and the distributed (all-gather) loss giving the same gradients as one process o
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import math
 
@@ -132,8 +133,14 @@ def _dist_worker(rank: int, port: int, img: torch.Tensor, txt: torch.Tensor, out
         if rank == 0:
             out["img"], out["txt"] = torch.cat(grads), torch.cat(grads_t)
             out["scale"], out["loss"] = scale.grad.clone(), loss_avg / 2
+        # Both ranks leave together: a rank tearing gloo down while its peer is still in a collective or writing
+        # its result can abort ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    # Skip interpreter teardown: gloo/autograd threads torn down at exit sometimes abort the process ("terminate
+    # called without an active exception") after all the work is done; the results are already in `out`.
+    os._exit(0)
 
 
 def test_distributed_loss_gradients_equal_single_process():
