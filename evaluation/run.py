@@ -49,12 +49,10 @@ def default_loader(uri: str) -> Encoder:
 
 def checkpoint_ref(uri: str) -> CheckpointRef:
     """Resolve a step dir (or a run dir, via its latest.json) to its digest and step, from meta.json."""
-    uri = uri.rstrip("/")
-    if not storage.exists(storage.join(uri, "meta.json")) and storage.exists(storage.join(uri, "latest.json")):
-        uri = storage.join(uri, storage.read_json(storage.join(uri, "latest.json"))["dir"])
+    from training.checkpoint import resolve_checkpoint
+
+    uri = resolve_checkpoint(uri)
     meta_uri = storage.join(uri, "meta.json")
-    if not storage.exists(meta_uri):
-        raise FileNotFoundError(f"evaluation.checkpoint: no checkpoint at {uri} ({meta_uri} does not exist)")
     meta = storage.read_json(meta_uri)
     for key in ("digest", "step"):
         if key not in meta:

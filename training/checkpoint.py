@@ -110,14 +110,19 @@ class LoadedCLIP:
         return float(self.model.logit_scale.detach().exp().clamp(max=100).item())
 
 
+def resolve_checkpoint(uri: str) -> str:
+    """A step dir URI as it is; a run dir URI -> the step dir its latest.json names."""
+    uri = uri.rstrip("/")
+    if storage.exists(storage.join(uri, "meta.json")):
+        return uri
+    if storage.exists(storage.join(uri, "latest.json")):
+        return _resolve_run(uri)
+    raise CheckpointError(f"no checkpoint at {uri}: neither meta.json (a step dir) nor latest.json (a run dir)")
+
+
 def load_clip(uri: str, device: str = "cpu") -> LoadedCLIP:
     """Load a step dir, or a run dir (-> its latest.json). Verifies the weights' digest against meta.json."""
-    uri = uri.rstrip("/")
-    if not storage.exists(storage.join(uri, "meta.json")):
-        if storage.exists(storage.join(uri, "latest.json")):
-            uri = _resolve_run(uri)
-        else:
-            raise CheckpointError(f"no checkpoint at {uri}: neither meta.json (a step dir) nor latest.json (a run dir)")
+    uri = resolve_checkpoint(uri)
     missing = [f for f in FILES if not storage.exists(storage.join(uri, f))]
     if missing:
         raise CheckpointError(f"incomplete checkpoint at {uri}: missing {', '.join(missing)}")
