@@ -12,8 +12,9 @@ export PYTHONPATH := $(CURDIR)
 
 $(VENV)/.installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	# torch first, pinned to the CPU wheel: an unpinned torch pulls a multi-GB CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
+	# torch + torchvision first, pinned: this pair lies on the machine's disk (a CUDA build that runs on CPU too;
+	# torchvision from PyPI does not import beside the 2.13.0 CPU wheel). Unpinned, pip would fetch several GB.
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	touch $@
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from training.model import CLIPConfig
 
@@ -13,6 +14,12 @@ class TrainConfig:
     """Run name: checkpoints go to <storage.root>/checkpoints/<run>/."""
     manifest: str = ""
     """Dataset manifest URI; empty: <storage.root>/<pipeline.dataset>/<pipeline.version>/manifest.json."""
+    mix: list[dict[str, Any]] = field(default_factory=list)
+    """Weighted mixing of several dataset versions instead of `manifest`: a list of {uri: <manifest URI>,
+    weight: <float>}; each sample's source is drawn in proportion to the weights (resampled mode only)."""
+    data_mode: str = "resampled"
+    """"resampled": shards drawn with replacement, forever (open_clip's --dataset-resampled); "epoch": every
+    sample seen exactly once per epoch across all ranks and loader workers (the stream position is checkpointed)."""
     model: CLIPConfig = field(default_factory=CLIPConfig)
     """Architecture of both towers and the joint embedding."""
     steps: int = 300
@@ -25,6 +32,30 @@ class TrainConfig:
     """AdamW weight decay on matrices; gains, biases, embeddings and the temperature are not decayed."""
     warmup_steps: int = 25
     """Linear warmup from 0 to lr, then cosine decay to 0 at the last step."""
+    accum_freq: int = 1
+    """GradCache micro-batches per step: the global batch is computed in accum_freq pieces whose gradient equals
+    that of one full contrastive batch (negatives from the whole global batch), for batches larger than memory."""
+    precision: str = "fp32"
+    """fp32, bf16 (torch autocast, fp32 master weights) or fp16 (DeepSpeed dynamic loss scaling; GPU only)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: no clipping)."""
+    grad_checkpointing: bool = False
+    """Recompute Transformer blocks in the backward pass: less activation memory for ~30% more compute."""
+    compile: bool = False
+    """torch.compile the model (GPU runs; the first steps pay the compilation)."""
+    decode: str = "auto"
+    """JPEG decoding: "cpu" (PIL in the loader), "gpu" (torchvision nvjpeg on the rank's GPU), "auto" (gpu when
+    the run uses GPUs and torchvision can decode there, else cpu)."""
+    max_skip_fraction: float = 0.05
+    """Abort when more than this fraction of samples is unreadable (after at least 100 skips)."""
+    resume: str = ""
+    """"": start fresh (fails if the run already has checkpoints); "latest": continue from the run's latest
+    checkpoint; "auto": latest if one exists, else fresh (what restarts use); or a step-dir URI."""
+    max_failures: int = 0
+    """Ray Train restarts the worker group this many times after a worker dies; each restart resumes from the
+    latest checkpoint (set checkpoint_every)."""
+    tensorboard: bool = True
+    """Write TensorBoard event files to <run>/tensorboard/ (uploaded at every checkpoint when the root is remote)."""
     zero_stage: int = 2
     """DeepSpeed ZeRO stage: 0 (plain data parallel), 1 (optimizer state), 2 (+gradients), 3 (+parameters)."""
     num_workers: int = 2
@@ -55,6 +86,27 @@ class TrainConfig:
         for name in ("warmup_steps", "loader_workers", "checkpoint_every", "shuffle_buffer"):
             if getattr(self, name) < 0:
                 raise ValueError(f"training.{name} must be >= 0, got {getattr(self, name)}")
+        if self.data_mode not in ("resampled", "epoch"):
+            raise ValueError(f"training.data_mode {self.data_mode!r} is not one of ['resampled', 'epoch']")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"training.precision {self.precision!r} is not one of ['fp32', 'bf16', 'fp16']")
+        if self.decode not in ("auto", "cpu", "gpu"):
+            raise ValueError(f"training.decode {self.decode!r} is not one of ['auto', 'cpu', 'gpu']")
+        if self.accum_freq < 1 or self.max_failures < 0 or self.grad_clip < 0:
+            raise ValueError("training.accum_freq must be >= 1, training.max_failures and training.grad_clip >= 0")
+        if not 0 < self.max_skip_fraction <= 1:
+            raise ValueError(f"training.max_skip_fraction {self.max_skip_fraction} must be in (0, 1]")
+        for i, entry in enumerate(self.mix):
+            if not isinstance(entry, dict) or set(entry) != {"uri", "weight"} or not entry["uri"] \
+                    or not isinstance(entry["weight"], (int, float)) or entry["weight"] <= 0:
+                raise ValueError(f"training.mix[{i}]: {entry!r} must be {{uri: <manifest URI>, weight: <positive>}}")
+        if self.mix and self.manifest:
+            raise ValueError("training.mix and training.manifest are exclusive: list every manifest in mix")
+        if self.mix and self.data_mode == "epoch":
+            raise ValueError("training.mix needs training.data_mode resampled (an epoch of a weighted mix is undefined)")
+        if self.batch_size % (self.num_workers * self.accum_freq):
+            raise ValueError(f"training.batch_size {self.batch_size} is not divisible by training.num_workers "
+                             f"{self.num_workers} x training.accum_freq {self.accum_freq}")
         if self.batch_size % self.num_workers:
             raise ValueError(f"training.batch_size {self.batch_size} is not divisible by "
                              f"training.num_workers {self.num_workers}")
