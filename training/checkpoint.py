@@ -3,6 +3,9 @@
     <root>/checkpoints/<run>/step_00000100/model.safetensors   full fp32 weights (ZeRO-3: gathered first)
                                            model_config.json   CLIPConfig
                                            tokenizer.json      the BPE tokenizer the text tower was trained with
+                                           optimizer.safetensors  full AdamW moments ("exp_avg/<param>", ...)
+                                           trainer_state.json  step, LR schedule, data-stream positions per rank
+                                           uids/rank<r>.jsonl  (training.log_uids) the samples each step saw
                                            meta.json           run, step, manifest, config hash, code version,
                                                                digest (sha256 of model.safetensors), time
     <root>/checkpoints/<run>/latest.json   written LAST, after the step dir is complete
@@ -20,12 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import nn
 
 from pipelines import storage
 from pipelines.version import code_version
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load, save as st_save
 from training.model import CLIP, CLIPConfig
 from training.tokenizer import CaptionTokenizer
 from training.transform import preprocess
@@ -46,10 +50,12 @@ def step_dirname(step: int) -> str:
 
 
 def save_checkpoint(model: nn.Module | dict[str, torch.Tensor], cfg: CLIPConfig, tokenizer: CaptionTokenizer,
-                    root: str, run: str, step: int, extra_meta: dict[str, Any] | None = None) -> str:
+                    root: str, run: str, step: int, extra_meta: dict[str, Any] | None = None,
+                    extra_files: dict[str, bytes] | None = None) -> str:
     """Publish a checkpoint and then point latest.json at it; returns the step dir URI.
 
     `model` is a module or an already-gathered full state dict (ZeRO-3 callers gather on every rank first).
+    `extra_files` (name -> bytes, e.g. the optimizer state) are published before meta.json.
     """
     state = model.state_dict() if isinstance(model, nn.Module) else model
     state = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
@@ -60,8 +66,10 @@ def save_checkpoint(model: nn.Module | dict[str, torch.Tensor], cfg: CLIPConfig,
     storage.write_bytes(storage.join(step_uri, "model.safetensors"), blob)
     storage.write_json(storage.join(step_uri, "model_config.json"), cfg.to_json())
     tokenizer.save(storage.join(step_uri, "tokenizer.json"))
+    for name, data in (extra_files or {}).items():
+        storage.write_bytes(storage.join(step_uri, name), data)
     meta = {"code_version": code_version(), **(extra_meta or {}), "run": run, "step": step, "digest": digest,
-            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     storage.write_json(storage.join(step_uri, "meta.json"), meta)  # meta last inside the step dir
     storage.write_json(storage.join(run_uri(root, run), "latest.json"),
                        {"step": step, "dir": step_dirname(step), "digest": digest})
@@ -140,3 +148,28 @@ def load_clip(uri: str, device: str = "cpu") -> LoadedCLIP:
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     return LoadedCLIP(model, tokenizer, meta, uri, device)
+
+
+TRAINING_FILES = ("optimizer.safetensors", "trainer_state.json")
+
+
+class TrainingState:
+    """Everything a run needs to continue from a checkpoint: weights, AdamW moments, trainer state, tokenizer."""
+
+    def __init__(self, uri: str) -> None:
+        uri = resolve_checkpoint(uri)
+        missing = [f for f in FILES + TRAINING_FILES if not storage.exists(storage.join(uri, f))]
+        if missing:
+            raise CheckpointError(f"cannot resume from {uri}: missing {', '.join(missing)} "
+                                  "(a weights-only checkpoint, or not a checkpoint)")
+        self.uri = uri
+        self.meta = storage.read_json(storage.join(uri, "meta.json"))
+        blob = storage.read_bytes(storage.join(uri, "model.safetensors"))
+        if hashlib.sha256(blob).hexdigest() != self.meta.get("digest"):
+            raise CheckpointError(f"{uri}/model.safetensors does not match the digest in meta.json (corrupt checkpoint)")
+        self.weights = st_load(blob)
+        self.moments = st_load(storage.read_bytes(storage.join(uri, "optimizer.safetensors")))
+        self.trainer = storage.read_json(storage.join(uri, "trainer_state.json"))
+        self.config = CLIPConfig.from_json(storage.read_json(storage.join(uri, "model_config.json")))
+        self.tokenizer_json = storage.read_bytes(storage.join(uri, "tokenizer.json")).decode()
+        self.step: int = int(self.trainer["step"])
