@@ -51,9 +51,15 @@ class TrainConfig:
     resume: str = ""
     """"": start fresh (fails if the run already has checkpoints); "latest": continue from the run's latest
     checkpoint; "auto": latest if one exists, else fresh (what restarts use); or a step-dir URI."""
+    stop_after: int = 0
+    """Stop cleanly after this step (with a checkpoint) although the schedule runs to `steps`: for time-boxed or
+    preemptible slots; continue later with training.resume=latest. 0: run to `steps`."""
     max_failures: int = 0
     """Ray Train restarts the worker group this many times after a worker dies; each restart resumes from the
     latest checkpoint (set checkpoint_every)."""
+    log_uids: bool = False
+    """Each rank writes the uids of every step's samples into the checkpoint (uids/rank<r>.jsonl): which data a
+    model saw, and a check that an epoch sees each sample exactly once across kills and resumes."""
     tensorboard: bool = True
     """Write TensorBoard event files to <run>/tensorboard/ (uploaded at every checkpoint when the root is remote)."""
     zero_stage: int = 2
@@ -67,7 +73,8 @@ class TrainConfig:
     loader_workers: int = 0
     """DataLoader processes per rank; 0 decodes in the training process (best on 2 cores: no spare core)."""
     shuffle_buffer: int = 1000
-    """Samples held in each rank's shuffle buffer."""
+    """Shuffle block: each shard is read in blocks of this many samples, each block shuffled with a seed from
+    (seed, epoch, shard, block); memory is one block per source per loader worker. 0 or 1: shard order only."""
     seed: int = 0
     """Seed for model init, shard order and sample shuffling."""
     log_every: int = 25
@@ -92,8 +99,9 @@ class TrainConfig:
             raise ValueError(f"training.precision {self.precision!r} is not one of ['fp32', 'bf16', 'fp16']")
         if self.decode not in ("auto", "cpu", "gpu"):
             raise ValueError(f"training.decode {self.decode!r} is not one of ['auto', 'cpu', 'gpu']")
-        if self.accum_freq < 1 or self.max_failures < 0 or self.grad_clip < 0:
-            raise ValueError("training.accum_freq must be >= 1, training.max_failures and training.grad_clip >= 0")
+        if self.accum_freq < 1 or self.max_failures < 0 or self.grad_clip < 0 or self.stop_after < 0:
+            raise ValueError("training.accum_freq must be >= 1; training.max_failures, training.grad_clip and "
+                             "training.stop_after >= 0")
         if not 0 < self.max_skip_fraction <= 1:
             raise ValueError(f"training.max_skip_fraction {self.max_skip_fraction} must be in (0, 1]")
         for i, entry in enumerate(self.mix):

@@ -50,11 +50,11 @@ def memory_mb(device: torch.device) -> float:
 
 
 class Monitor:
-    """Rank 0's reporter. `step()` every optimizer step; it prints/logs every `log_every` steps."""
+    """Rank 0's reporter (other ranks only time their own data wait). `step()` after every optimizer step."""
 
-    def __init__(self, *, rank: int, total_steps: int, first_step: int, log_every: int, run_uri: str,
-                 tensorboard: bool, device: torch.device) -> None:
-        self.rank, self.total, self.log_every, self.device = rank, total_steps, log_every, device
+    def __init__(self, *, rank: int, total_steps: int, first_step: int, run_uri: str, tensorboard: bool,
+                 device: torch.device) -> None:
+        self.rank, self.total, self.device = rank, total_steps, device
         self.run_uri = run_uri
         self.active = rank == 0
         self.bar = None
@@ -82,12 +82,13 @@ class Monitor:
     def data_wait(self, seconds: float) -> None:
         self._interval_wait += seconds
 
-    def step(self, step: int, samples: int, metrics: dict[str, Any]) -> dict[str, Any] | None:
-        """Record one step (`samples`: global samples in it). Returns the logged record on log steps."""
+    def step(self, step: int, samples: int, metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Record one step (`samples`: global samples in it); log when the caller passes metrics (its log steps,
+        computed collectively). Returns the logged record."""
         self._interval_samples += samples
         if self.bar is not None:
             self.bar.update(1)
-        if not (step % self.log_every == 0 or step == self.total):
+        if metrics is None:
             return None
         elapsed = max(time.perf_counter() - self._interval_start, 1e-9)
         record = {"step": step, **metrics, "samples_per_s": round(self._interval_samples / elapsed, 1),

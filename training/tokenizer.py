@@ -1,8 +1,14 @@
 """Caption tokenizer: byte-level BPE trained with HF `tokenizers` on the dataset's own captions.
 
-Captions come from the manifest's per-shard parquet files (no untarring). Text is lower-cased (as in CLIP).
-Every sequence is [SOT] + BPE ids + [EOT], padded with PAD to `context_length`; a long caption is truncated so
-EOT is always the last real token (the text tower pools there). Saved as `tokenizer.json` beside a checkpoint.
+Captions come from the manifest's per-shard parquet files (no untarring). Text is NFKC-normalised, runs of
+whitespace are collapsed and it is lower-cased (as CLIP's own tokenizer does). Every sequence is
+[SOT] + BPE ids + [EOT], padded with PAD to `context_length`; a long caption is truncated so EOT is always the
+last real token (the text tower pools there). Saved as `tokenizer.json` beside a checkpoint.
+
+Id layout, as in OpenAI's BPE: PAD = 0, then the merged byte-level vocabulary, then SOT = V-2 and EOT = V-1
+(V = `vocab_size`, at most the model's vocab_size). EOT being the HIGHEST id means "pool at the argmax token"
+(open_clip's default text pooling, Hugging Face CLIP's legacy pooling) and "pool at the first EOT" (ours) pick
+the same position, so exported checkpoints behave identically in those libraries.
 """
 
 from __future__ import annotations
@@ -11,14 +17,15 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from pipelines import storage
 from pipelines.schema import Manifest
 
 PAD, SOT, EOT = "<|pad|>", "<|startoftext|>", "<|endoftext|>"
-# Trainers assign special tokens the first ids, in this order: pad=0, sot=1, eot=2.
 SPECIALS = (PAD, SOT, EOT)
+# 256 byte-level symbols + PAD in the trained model, + SOT and EOT added after training.
+MIN_VOCAB_SIZE = 256 + len(SPECIALS)
 
 
 class CaptionTokenizer:
@@ -34,23 +41,37 @@ class CaptionTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return self.tok.get_vocab_size()
+        """Number of ids (special tokens included): every id this tokenizer emits is below it."""
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eot_is_highest(self) -> bool:
+        """True for tokenizers trained by this module; False for ones from before EOT moved to the top (pad=0,
+        sot=1, eot=2), which our model still handles (it pools at the first EOT) but argmax pooling does not."""
+        return self.eot_id == self.vocab_size - 1
 
     @classmethod
     def train(cls, captions: Iterable[str], vocab_size: int, context_length: int) -> "CaptionTokenizer":
+        if vocab_size < MIN_VOCAB_SIZE:
+            raise ValueError(f"vocab_size {vocab_size} is smaller than the byte alphabet plus specials; "
+                             f"use at least {MIN_VOCAB_SIZE}")
         tok = Tokenizer(models.BPE())
-        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+        tok.normalizer = normalizers.Sequence([
+            normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(), normalizers.Lowercase()])
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         tok.decoder = decoders.ByteLevel()
+        # BPE trainers put their special tokens first, so only PAD is given to the trainer (id 0, the value
+        # padding has in OpenAI's tokenizer too); the trainer fills the rest up to vocab_size - 2.
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
+            vocab_size=vocab_size - 2, special_tokens=[PAD], show_progress=False,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodable: no unknown tokens
         )
         tok.train_from_iterator(captions, trainer=trainer)
-        if tok.get_vocab_size() > vocab_size:
-            raise ValueError(f"vocab_size {vocab_size} is smaller than the byte alphabet plus specials "
-                             f"({tok.get_vocab_size()}); use at least 259")
-        return cls(tok, context_length)
+        # Added tokens take the next free ids: SOT = V-2, EOT = V-1, whatever size the corpus allowed.
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (SOT, EOT)])
+        out = cls(tok, context_length)
+        assert out.vocab_size <= vocab_size and out.eot_is_highest and out.sot_id == out.vocab_size - 2
+        return out
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(len(texts), context_length) int64 ids: SOT, tokens, EOT, then PAD."""

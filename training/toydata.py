@@ -2,6 +2,12 @@
 
 For tests and quick training smoke runs that should not wait for the crawl pipeline. It writes exactly the
 layout pipelines.schema describes: shards/NNNNNN.tar (<uid>.jpg/.txt/.json) + .parquet, then manifest.json.
+Sample i's uid is `toy_uid(seed, i)`, so a test can name every sample it expects to see.
+
+Faults a real producer (or a broken upload) can leave behind can be planted, to test the loader's skipping:
+`faults` maps a sample index to one of FAULTS; `truncate` maps a shard number to the fraction of its tar bytes
+that survive (a cut-off upload). The manifest and parquet still describe what was MEANT to be written (as a
+producer's manifest would), so a reader can tell how many samples a truncated shard lost.
 
     python -m training.toydata OUT_ROOT [N]   # prints the manifest URI
 """
@@ -24,6 +30,20 @@ from pipelines.schema import Manifest, SampleMeta, ShardInfo, manifest_uri, writ
 from synthweb.scenes import SceneSpec, render, sample_spec
 
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+FAULTS = (
+    "corrupt_jpeg",    # the jpg member holds bytes that are no image at all
+    "truncated_jpeg",  # a JPEG cut in the middle of its scan data (the header still parses)
+    "no_txt",          # no caption member
+    "empty_txt",       # a caption member holding only whitespace
+    "no_jpg",          # no image member
+    "png",             # valid PNG bytes stored under the jpg key (a producer that did not re-encode): NOT a fault
+    "gray",            # a valid grayscale (1-channel) JPEG: NOT a fault, but a different decoder path
+)
+
+
+def toy_uid(seed: int, i: int) -> str:
+    """The uid (WebDataset __key__) of sample i of the toy dataset written with `seed`."""
+    return hashlib.sha256(f"{seed}/{i}".encode()).hexdigest()[:16]
 
 
 def caption_for(spec: SceneSpec, rng: random.Random) -> str:
@@ -45,8 +65,29 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def _image_bytes(image, fault: str | None) -> bytes:
+    out = io.BytesIO()
+    if fault == "png":
+        image.save(out, "PNG")
+        return out.getvalue()
+    (image.convert("L") if fault == "gray" else image).save(out, "JPEG", quality=90)
+    data = out.getvalue()
+    if fault == "corrupt_jpeg":
+        return b"this is not an image " + data[:16]
+    if fault == "truncated_jpeg":
+        scan = data.index(b"\xff\xda")  # start of scan: cut inside the entropy-coded data, after every header
+        return data[: scan + (len(data) - scan) // 2]
+    return data
+
+
 def write_toy_dataset(root: str, n: int, samples_per_shard: int = 100, seed: int = 0, dataset: str = "toy",
-                      version: str = "v1", px: tuple[int, int] = (80, 160)) -> str:
+                      version: str = "v1", px: tuple[int, int] = (80, 160), faults: dict[int, str] | None = None,
+                      truncate: dict[int, float] | None = None) -> str:
+    """Write n samples in shards of `samples_per_shard` under <root>/<dataset>/<version>/; returns the manifest URI."""
+    faults, truncate = dict(faults or {}), dict(truncate or {})
+    bad = {k: v for k, v in faults.items() if v not in FAULTS}
+    if bad:
+        raise ValueError(f"unknown faults {bad}; known: {FAULTS}")
     rng = random.Random(seed)
     base = storage.join(root, dataset, version)
     shards: list[ShardInfo] = []
@@ -56,18 +97,24 @@ def write_toy_dataset(root: str, n: int, samples_per_shard: int = 100, seed: int
             for i in range(start, min(n, start + samples_per_shard)):
                 spec = sample_spec(rng)
                 side = rng.randint(*px)
-                out = io.BytesIO()
-                render(spec, (side, side), seed=rng.randrange(1 << 30)).save(out, "JPEG", quality=90)
-                jpg = out.getvalue()
-                uid = hashlib.sha256(f"{seed}/{i}".encode()).hexdigest()[:16]
+                image = render(spec, (side, side), seed=rng.randrange(1 << 30))
+                clean = io.BytesIO()
+                image.save(clean, "JPEG", quality=90)
+                fault = faults.get(i)
+                jpg = _image_bytes(image, fault) if fault else clean.getvalue()
+                uid = toy_uid(seed, i)
                 meta = SampleMeta(uid=uid, url=f"http://toy/{uid}.jpg", page_url="http://toy/", caption=caption_for(spec, rng),
                                   width=side, height=side, sha256=hashlib.sha256(jpg).hexdigest(), phash="0" * 16,
                                   source=f"toy:{seed}")
-                _tar_add(tar, f"{uid}.jpg", jpg)
-                _tar_add(tar, f"{uid}.txt", meta.caption.encode())
+                if fault != "no_jpg":
+                    _tar_add(tar, f"{uid}.jpg", jpg)
+                if fault != "no_txt":
+                    _tar_add(tar, f"{uid}.txt", b"  \n" if fault == "empty_txt" else meta.caption.encode())
                 _tar_add(tar, f"{uid}.json", json.dumps(meta.to_json()).encode())
                 rows.append(meta.to_json())
         tar_bytes = buf.getvalue()
+        if shard_no in truncate:
+            tar_bytes = tar_bytes[: int(len(tar_bytes) * truncate[shard_no])]
         name = f"shards/{shard_no:06d}"
         storage.write_bytes(storage.join(base, name + ".tar"), tar_bytes)
         pq_buf = io.BytesIO()
@@ -78,7 +125,7 @@ def write_toy_dataset(root: str, n: int, samples_per_shard: int = 100, seed: int
     uri = manifest_uri(root, dataset, version)
     write_manifest(uri, Manifest(dataset=dataset, version=version, shards=shards, total_samples=n, funnel={},
                                  config_hash="toy", code_version="toy", upstream={"toy_seed": seed},
-                                 created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
+                                 created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds")))
     return uri
 
 
