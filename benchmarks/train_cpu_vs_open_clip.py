@@ -25,8 +25,7 @@ ours a whole-image bicubic resize + numpy normalise (similar cost at 64 px); ope
 Measurement: each side prints a line every --log-every steps. Steady-state samples/s = samples between the first
 log line at step >= --skip-steps and the last log line, divided by the time between them (start-up, Ray and
 DeepSpeed initialisation, the shuffle-buffer fill and the final checkpoint are outside the window). Our trainer's
-JSON lines carry only a cumulative samples_per_s measured from before step 1, so the time of each of our lines is
-recovered exactly as elapsed = step * batch / samples_per_s; open_clip's lines carry microsecond stamps (from the
+JSON lines carry elapsed_s (seconds since its loop started); open_clip's lines carry microsecond stamps (from the
 shim). Runs alternate (ours, open_clip, ours, open_clip, ...) so that drifting machine load hits both; the headline
 is the median of the per-pair ratios ours / open_clip. Results: benchmarks/results/cpu_vs_open_clip-<date>.json.
 """
@@ -206,23 +205,11 @@ def open_clip_command(args, prep: dict, rundir: Path) -> list[str]:
 
 
 def parse_ours(text: str, batch: int) -> list[tuple[int, float, float]]:
-    """(step, seconds on a clock that starts before step 1, loss) from our trainer's JSON lines.
-
-    The lines carry no timestamp, only samples_per_s, whose meaning depends on the trainer's version:
-    - cumulative since before step 1 (training/train.py's own lines): elapsed = step * batch / samples_per_s;
-    - per interval since the previous line (training/monitor.py, whose lines also carry "data_wait"):
-      elapsed = previous elapsed + (step - previous step) * batch / samples_per_s.
-    Either way the time between two lines comes out exact to the rounding of samples_per_s (0.1)."""
+    """(step, seconds since the loop started, loss) from our trainer's JSON lines (training/monitor.py).
+    Under Ray each line can reach the driver twice; keying by step keeps one."""
+    del batch  # the lines carry their own clock
     recs = sorted({json.loads(m.group(0))["step"]: json.loads(m.group(0)) for m in OURS_LINE.finditer(text)}.items())
-    points, elapsed, prev_step = [], 0.0, 0
-    for step, rec in recs:
-        if "data_wait" in rec:
-            elapsed += (step - prev_step) * batch / rec["samples_per_s"]
-        else:
-            elapsed = step * batch / rec["samples_per_s"]
-        points.append((step, elapsed, rec["loss"]))
-        prev_step = step
-    return points
+    return [(step, rec["elapsed_s"], rec["loss"]) for step, rec in recs]
 
 
 def parse_open_clip(text: str, batch: int) -> list[tuple[int, float, float]]:

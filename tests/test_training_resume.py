@@ -150,3 +150,15 @@ def test_nan_loss_stops_with_step_and_uids(tmp_path, toy):
     assert "non-finite loss" in proc.stderr and "batch uids:" in proc.stderr
     named = proc.stderr.split("batch uids:")[1].split()[0].strip(",")
     assert named in {toy_uid(0, i) for i in range(N)}
+
+
+def test_deepspeed_launcher_runs_the_same_entry(tmp_path, toy):
+    """`deepspeed --module training.train` (the launcher appends --local_rank=N; ranks come from the env)."""
+    config = _config(tmp_path, toy, run="dsl", steps=4, log_every=2, data_mode="resampled")
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_accelerators", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "--module", "training.train", "--config", config]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**_env(), "DS_ACCELERATOR": "cpu"}, text=True, capture_output=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(_losses(proc.stdout)) == [2, 4]
+    assert str(tmp_path / "out" / "checkpoints" / "dsl" / "step_00000004") in proc.stdout.splitlines()

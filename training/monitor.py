@@ -3,8 +3,10 @@
 Rank 0 reports; every rank checks its own loss. On a terminal a tqdm bar shows step, loss and samples/s; when
 stdout is not a terminal (Ray job logs, CI, `> file`) one JSON line per `log_every` steps instead, so log
 pipelines can parse it:
-    {"step", "loss", "logit_scale", "lr", "samples_per_s", "data_wait", "mem_mb", "skipped_samples", "epoch"}
-samples_per_s and data_wait cover the last interval only (steady state, not diluted by start-up); data_wait is
+    {"step", "loss", "logit_scale", "lr", "skipped_samples", "epoch", "samples_per_s", "data_wait", "mem_mb",
+     "elapsed_s"}
+samples_per_s and data_wait cover the last interval only (steady state, not diluted by start-up); elapsed_s is
+the time since this process's loop started (so a benchmark can take rates over any window); data_wait is
 the fraction of that interval the rank spent waiting for its next batch (a stalled input pipeline shows here
 first). TensorBoard event files go to <run>/tensorboard/ (torch.utils.tensorboard; written locally and copied
 to the storage root at every checkpoint when the root is remote).
@@ -60,7 +62,7 @@ class Monitor:
         self.bar = None
         self.tb = None
         self._tb_local = ""
-        self._interval_start = time.perf_counter()
+        self._interval_start = self._t0 = time.perf_counter()
         self._interval_samples = 0
         self._interval_wait = 0.0
         if not self.active:
@@ -92,7 +94,8 @@ class Monitor:
             return None
         elapsed = max(time.perf_counter() - self._interval_start, 1e-9)
         record = {"step": step, **metrics, "samples_per_s": round(self._interval_samples / elapsed, 1),
-                  "data_wait": round(self._interval_wait / elapsed, 3), "mem_mb": round(memory_mb(self.device), 1)}
+                  "data_wait": round(self._interval_wait / elapsed, 3), "mem_mb": round(memory_mb(self.device), 1),
+                  "elapsed_s": round(time.perf_counter() - self._t0, 3)}
         self._interval_start, self._interval_samples, self._interval_wait = time.perf_counter(), 0, 0.0
         if not self.active:
             return record
