@@ -72,42 +72,71 @@ def build(cfg: dict) -> str:
         from synthweb.corpus import ensure_corpus
         from synthweb.server import serve
 
+        own = f"{cfg['web'].host}:{cfg['web'].port}"
+        if own not in pc.download.allow_private:
+            raise ValueError(f"pipeline.download.allow_private: {pc.download.allow_private} lacks {own!r}, where the "
+                             "synthetic web is served (loopback addresses are refused unless allow-listed)")
         corpus = ensure_corpus(cfg["web"])
         warcs = corpus.warc_paths
-        upstream.update(web_corpus=corpus.corpus_id, warc=warcs)
+        if pc.source.synthetic_format == "wat":
+            from synthweb.wat import ensure_wats
+
+            warcs = ensure_wats(corpus)
+        upstream.update(web_corpus=corpus.corpus_id, **{pc.source.synthetic_format: warcs})
         serve_web = serve(cfg["web"])
     else:
-        warcs = list(pc.source.warc)
-        upstream["warc"] = warcs
+        warcs = list(pc.source.warc if pc.source.kind == "warc" else pc.source.wat)
+        upstream[pc.source.kind] = warcs
 
-    from pipelines.stages import dedupe, download, extract, filter as filter_stage, shard
+    from pipelines.stages import (balance, caption_dedupe, clip_filter, decontam, dedupe, download, extract,
+                                  semdedup, shard)
+    from pipelines.stages import filter as filter_stage
 
-    w = {s: layout.work_uri(version, s) for s in ("candidates", "download", "filtered", "dedupe")}
+    w = {s: layout.work_uri(version, s) for s in ("candidates", "balance", "download", "filtered", "dedupe",
+                                                  "decontam", "caption_dedupe", "semdedup", "clip_filter")}
     from pyspark.sql import SparkSession
 
     own_spark = SparkSession.getActiveSession() is None  # stop only a session this build started
     spark = spark_session(pc.engine)
     try:
         stages = [_stage("extract", w["candidates"], lambda: extract.run(spark, pc.extract, warcs, w["candidates"]))]
+        to_download = w["candidates"]
+        if pc.balance.enabled:  # WIT/MetaCLIP curation before any image byte is fetched
+            stages.append(_stage("balance", w["balance"],
+                                 lambda: balance.run(spark, pc.balance, w["candidates"], w["balance"])))
+            to_download = balance.candidates_uri(w["balance"])
         with serve_web:
             stages.append(_stage("download", w["download"],
-                                 lambda: download.run(pc.download, pc.engine, w["candidates"], w["download"])))
+                                 lambda: download.run(pc.download, pc.engine, to_download, w["download"])))
         init_ray(pc.engine)
         stages.append(_stage("filter", w["filtered"], lambda: filter_stage.run(pc.filter, w["download"], w["filtered"])))
         stages.append(_stage("dedupe", w["dedupe"], lambda: dedupe.run(spark, pc.dedupe, w["filtered"], w["dedupe"])))
-        shard_infos, shard_counts = shard.run(pc.shard, w["dedupe"], w["download"], version)
+        stages.append(_stage("decontam", w["decontam"],
+                             lambda: decontam.run(spark, pc.decontam, w["dedupe"], w["decontam"])))
+        stages.append(_stage("caption_dedupe", w["caption_dedupe"],
+                             lambda: caption_dedupe.run(spark, pc.caption_dedupe, w["decontam"], w["caption_dedupe"])))
+        # Model-based stages: pass-through (with the reason in their report) until a checkpoint is configured,
+        # DataComp's bootstrap: the first model trains on the less-filtered set.
+        stages.append(_stage("semdedup", w["semdedup"],
+                             lambda: semdedup.run(pc.semdedup, w["caption_dedupe"], w["semdedup"], w["download"])))
+        stages.append(_stage("clip_filter", w["clip_filter"],
+                             lambda: clip_filter.run(pc.clip_filter, w["semdedup"], w["clip_filter"], w["download"])))
+        shard_infos, shard_counts = shard.run(pc.shard, w["clip_filter"], w["download"], version)
         stages.append(shard_counts)
     finally:
         if own_spark:
             stop_spark()
 
-    funnel = {"stages": [s.to_json() for s in stages]}
+    funnel = {"stages": [s.to_json() for s in stages],
+              "download_stats": storage.join(w["download"], "_stats", "summary.json")}  # by reason; by_host beside
+    if pc.balance.enabled:  # per-entry counts before and after balancing (and where the full table is)
+        funnel["balance"] = balance.report(w["balance"])
     storage.write_json(storage.join(version, "funnel.json"), funnel)
     manifest = Manifest(
         dataset=pc.dataset, version=pc.version, shards=shard_infos,
         total_samples=sum(s.samples for s in shard_infos), funnel=funnel, config_hash=chash,
         code_version=code_version(), upstream=upstream,
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
     write_manifest(m_uri, manifest)  # last: the version now exists
     print(render(stages))

@@ -36,8 +36,8 @@ class StageCounts:
 
 def render(stages: list[StageCounts]) -> str:
     """A plain-text table, stage by stage and reason by reason."""
-    lines = [f"{'stage':<12} {'in':>9} {'out':>9}  dropped (reason: count)"]
+    lines = [f"{'stage':<14} {'in':>9} {'out':>9}  dropped (reason: count)"]
     for s in stages:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(s.dropped.items(), key=lambda kv: -kv[1])) or "-"
-        lines.append(f"{s.stage:<12} {s.input:>9} {s.output:>9}  {reasons}")
+        lines.append(f"{s.stage:<14} {s.input:>9} {s.output:>9}  {reasons}")
     return "\n".join(lines)

@@ -7,11 +7,13 @@ corpus id (see `WebConfig.content_fields`).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 from dataclasses import dataclass
 
 # Image-level faults: each <img> gets at most one of these, drawn with the configured rates.
 IMAGE_FAULTS = ("dead_link", "server_error", "slow", "non_image", "truncated", "tiny", "extreme_aspect",
-                "exact_dup", "near_dup", "noai")
+                "exact_dup", "near_dup", "noai", "ssrf", "robots_disallowed")
 # Alt-level faults: each <img> gets at most one of these, independently of its image fault.
 ALT_FAULTS = ("uninformative_alt", "non_english_alt", "no_alt")
 # Fields that do not change what is generated: they are left out of the corpus id.
@@ -76,6 +78,15 @@ class WebConfig:
     """Fraction of images that are a re-encoded, resized or slightly cropped copy of another image."""
     noai: float = 0.02
     """Fraction of images served with `X-Robots-Tag: noai` (or noimageai): their owners opted out."""
+    ssrf: float = 0.01
+    """Fraction of <img> URLs that are SSRF probes: loopback under other spellings (2130706433, 0x7f000001,
+    [::ffff:127.0.0.1], localhost...), the cloud metadata address, or a 302 from this server to loopback
+    (synthweb.probes). Needs `host` to be an IPv4 address."""
+    robots_disallowed: float = 0.01
+    """Fraction of images under a path the served robots.txt disallows for `robots_agent` (directly, or
+    behind an allowed path's 302)."""
+    robots_agent: str = "witforge"
+    """User-agent token the served robots.txt addresses (the downloader's pipeline.download.user_agent_token)."""
     uninformative_alt: float = 0.05
     """Fraction of alt texts like "IMG_2041.JPG", "click here", "thumbnail"."""
     non_english_alt: float = 0.04
@@ -110,6 +121,14 @@ class WebConfig:
             raise ValueError(f"web.port: {self.port!r} is not a TCP port")
         if not self.host:
             raise ValueError("web.host: must not be empty")
+        if self.ssrf > 0:
+            try:
+                ipaddress.IPv4Address(self.host)
+            except ValueError:
+                raise ValueError(f"web.host: {self.host!r} must be an IPv4 address while web.ssrf > 0 "
+                                 "(the probes spell it in decimal, hex...)") from None
+        if not re.fullmatch(r"[A-Za-z_-]+", self.robots_agent):
+            raise ValueError(f"web.robots_agent: {self.robots_agent!r} must be a product token (letters, '-', '_')")
         if "://" in self.dir:
             raise ValueError(f"web.dir: {self.dir!r} must be a local directory (the server reads it)")
         if self.slow_seconds < 0:

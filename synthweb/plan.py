@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 
-from synthweb import alt_text
+from synthweb import alt_text, probes
 from synthweb.config import ALT_FAULTS, IMAGE_FAULTS, WebConfig
 from synthweb.scenes import SceneSpec, sample_spec
 
@@ -45,12 +45,21 @@ class ImageEntry:
     render_seed: int = 0
     variant: dict = field(default_factory=dict)
     """How to build the bytes: {"kind": "clean"|"near_dup"|..., plus its parameters}."""
+    form: str | None = None
+    """How an ssrf or robots_disallowed fault is planted (synthweb.probes: "decimal", "redirect_localhost"...)."""
+    redirect: dict | None = None
+    """{"location": absolute URL, "path": the path that serves the bytes} when `path` answers 302."""
+    never_requested: list[str] = field(default_factory=list)
+    """Paths of this server a compliant downloader never requests for this image (SSRF, robots.txt)."""
+    ssrf_target: str | None = None
+    """"loopback" or "link_local" for ssrf faults: link_local URLs must never be fetched unguarded."""
 
     def truth(self) -> dict:
         return {"url": self.url, "page_url": self.page_url, "src": self.src, "alt": self.alt,
                 "alt_lang": self.alt_lang, "planted": self.planted, "dup_of": self.dup_of,
                 "spec": asdict(self.spec) if self.spec is not None else None,
-                "width": self.width, "height": self.height}
+                "width": self.width, "height": self.height, "form": self.form,
+                "never_requested": self.never_requested, "ssrf_target": self.ssrf_target}
 
 
 @dataclass
@@ -168,6 +177,10 @@ def plan_corpus(cfg: WebConfig) -> list[Page]:
                                  "quality": cfg.jpeg_quality}
                     if fault == "noai":
                         e.variant["robots"] = rng.choice(("noai", "noimageai", "noai, noimageai"))
+                    elif fault == "ssrf":
+                        _plant_ssrf(e, rng, cfg)
+                    elif fault == "robots_disallowed":
+                        _plant_robots(e, rng, cfg, site_dir, name)
                     if not fault:
                         originals.append(e)
             _alt(e, rng, cfg, site_dir)
@@ -178,6 +191,34 @@ def plan_corpus(cfg: WebConfig) -> list[Page]:
         pages.append(Page(url=page_url, path=page_path, site=site, title=title, images=images, text=text,
                           next_href=next_href))
     return pages
+
+
+def _plant_ssrf(e: ImageEntry, rng: random.Random, cfg: WebConfig) -> None:
+    """Make `e` an SSRF probe (see synthweb.probes); its path still serves a real image."""
+    e.form = rng.choice(probes.SSRF_FORMS)
+    e.ssrf_target = "link_local" if e.form in probes.LINK_LOCAL_FORMS else "loopback"
+    if e.form in probes.REDIRECT_FORMS:
+        moved = e.path.replace(".jpg", "-moved.jpg")
+        e.redirect = {"location": probes.redirect_target(e.form, cfg.host, cfg.port, moved), "path": moved}
+        e.file, e.never_requested = moved.lstrip("/"), [moved]
+        e.src = e.url  # absolute: it is the allowed server's URL
+    else:
+        e.url = e.src = probes.ssrf_url(e.form, cfg.host, cfg.port, e.path)
+        e.never_requested = [e.path] if e.ssrf_target == "loopback" else []
+
+
+def _plant_robots(e: ImageEntry, rng: random.Random, cfg: WebConfig, site_dir: str, name: str) -> None:
+    """Put `e` under a path robots.txt disallows for web.robots_agent: directly, or behind an allowed 302."""
+    e.form = rng.choice(probes.ROBOTS_FORMS)
+    private = f"/{site_dir}/{probes.PRIVATE_DIR}/{name}"
+    if e.form == "redirect":
+        moved = private.replace(".jpg", "-moved.jpg")
+        e.redirect = {"location": cfg.base_url() + moved, "path": moved}
+        e.file, e.never_requested = moved.lstrip("/"), [moved]
+    else:
+        e.path, e.file, e.never_requested = private, private.lstrip("/"), [private]
+        e.url = cfg.base_url() + private
+    e.src = e.url
 
 
 def _near_dup_variant(rng: random.Random, cfg: WebConfig, orig: ImageEntry) -> dict:

@@ -1,11 +1,17 @@
 """Serve a generated corpus over HTTP on 127.0.0.1 with its planted behaviours.
 
-    with serve(cfg) as base_url:   # cfg: synthweb.config.WebConfig; base_url like http://127.0.0.1:18431
+    log = []
+    with serve(cfg, request_log=log) as base_url:   # base_url like http://127.0.0.1:18431
         ...download...
+    # log: one {"method", "path", "host", "status"} per request, in arrival order
 
 What each URL does is looked up in the corpus's routes.json (written at generation), never recomputed:
 404 for dead links and unknown paths, 500/503 for server errors, a `slow_seconds` delay for slow images,
-text/html for non-images, `X-Robots-Tag` for opted-out images, image/jpeg or image/png otherwise.
+text/html for non-images, `X-Robots-Tag` for opted-out images, 302 + Location for planted redirects,
+robots.txt at /robots.txt, image/jpeg or image/png otherwise.
+
+The request log is the ground truth for "no request was made": a test that a downloader never fetched a
+robots-disallowed path or an SSRF probe (which all lead back here) reads it.
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 from urllib.parse import unquote, urlsplit
 
 from synthweb.config import WebConfig
@@ -32,6 +38,7 @@ class _Server(ThreadingHTTPServer):
     files_dir: str
     slow_seconds: float
     stopping: threading.Event
+    request_log: list | None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -41,7 +48,7 @@ class _Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's signature
+    def log_message(self, format: str, *args) -> None:
         log.debug("%s %s", self.address_string(), format % args)  # quiet: no line per request on stderr
 
     def do_HEAD(self) -> None:
@@ -53,19 +60,23 @@ class _Handler(BaseHTTPRequestHandler):
     def _respond(self, send_body: bool) -> None:
         path = unquote(urlsplit(self.path).path)
         route = self.server.routes.get(path)
+        if self.server.request_log is not None:  # list.append is atomic: safe from the handler threads
+            self.server.request_log.append({"method": self.command, "path": path,
+                                            "host": self.headers.get("Host", ""),
+                                            "user_agent": self.headers.get("User-Agent", ""),
+                                            "status": route["status"] if route else 404})
         if route is None:
             self._send(404, "text/html", b"<html><body>Not found</body></html>\n", {}, send_body)
             return
-        if route.get("slow"):
-            # An Event rather than sleep, so a shutting-down server drops slow requests at once.
-            if self.server.stopping.wait(self.server.slow_seconds):
-                return
+        # An Event rather than sleep, so a shutting-down server drops slow requests at once.
+        if route.get("slow") and self.server.stopping.wait(self.server.slow_seconds):
+            return
         status = int(route["status"])
         if route.get("file"):
             with open(os.path.join(self.server.files_dir, route["file"]), "rb") as f:
                 body = f.read()
         else:
-            body = f"<html><body>Error {status}</body></html>\n".encode()
+            body = f"<html><body>{status} {self.responses.get(status, ('',))[0]}</body></html>\n".encode()
         self._send(status, route["content_type"], body, route.get("headers", {}), send_body)
 
     def _send(self, status: int, content_type: str, body: bytes, headers: dict, send_body: bool) -> None:
@@ -93,14 +104,17 @@ def _bind(cfg: WebConfig) -> _Server:
 
 
 @contextlib.contextmanager
-def serve(cfg: WebConfig, corpus: Corpus | None = None) -> Iterator[str]:
-    """Serve the corpus of `cfg` (generated first if missing) in a background thread; yields the base URL."""
+def serve(cfg: WebConfig, corpus: Corpus | None = None, request_log: list | None = None) -> Iterator[str]:
+    """Serve the corpus of `cfg` (generated first if missing) in a background thread; yields the base URL.
+
+    With `request_log`, every request is appended to it as {"method", "path", "host", "user_agent", "status"}."""
     corpus = corpus or ensure_corpus(cfg)
     with open(corpus.routes_path, encoding="utf-8") as f:
         routes = json.load(f)
     server = _bind(cfg)
     server.routes, server.files_dir = routes, corpus.files_dir
     server.slow_seconds, server.stopping = cfg.slow_seconds, threading.Event()
+    server.request_log = request_log
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                               name=f"synthweb-{cfg.port}", daemon=True)
     thread.start()

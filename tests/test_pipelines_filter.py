@@ -1,12 +1,18 @@
-"""filter stage (Ray) on real img2dataset output: every drop reason is hit by its planted case and by no clean one."""
+"""filter stage (Ray) on real img2dataset output: every drop reason is hit by its planted case and by no clean one,
+with its detail; rejected samples kept aside; byte limits; ftfy repairs; pHash bit-identical to imagehash."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import random
 
+import imagehash
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import webdataset as wds
 from PIL import Image
 
 from pipelines import layout
@@ -14,7 +20,7 @@ from pipelines.config import ConfigError, build_dataclass
 from pipelines.stages import filter as filter_stage
 from pipelines.stages.captions import judge_caption, normalize_caption
 from pipelines.stages.filter import FilterConfig
-from pipelines.stages.images import inspect_image
+from pipelines.stages.images import inspect_image, phash_hex
 from synthweb.scenes import BACKGROUNDS, COLOURS, DIGITS, LETTERS, POSITIONS, SHAPES
 from tests.pipelines_curation_data import download_fixture, filter_test_config, filtered_fixture, jpeg
 
@@ -42,8 +48,10 @@ def test_each_reason_hit_by_its_planted_case_only(filtered):
     want = {planted.name(uid): reason for uid, reason in planted.expected_filter.items()}
     assert got == want
     for row in rows.values():
-        assert row["keep"] == (row["reason"] is None)
+        assert row["keep"] == (row["reason"] is None) == (row["detail"] is None)
         assert row["src_tar"].startswith(planted.download_uri) and row["src_tar"].endswith(".tar")
+        if row["reason"] != "missing_member":
+            assert row["bytes"] > 0 and row["format"] == "JPEG"  # img2dataset re-encodes other formats
         if row["keep"]:
             assert len(row["phash"]) == 16 and len(row["sha256"]) == 64 and len(row["colour_sig"]) == 96
             assert row["lang"] == "en" or row["lang_score"] < 0.95
@@ -51,6 +59,80 @@ def test_each_reason_hit_by_its_planted_case_only(filtered):
     assert counts is not None and counts.input == len(rows)
     assert counts.output == sum(r["keep"] for r in rows.values())
     assert counts.dropped == {r: list(want.values()).count(r) for r in set(want.values()) if r}
+
+
+def test_details_say_why_in_numbers(filtered):
+    planted = download_fixture()
+    detail = {planted.name(r["uid"]): r["detail"] for r in _rows(filtered).values() if not r["keep"]}
+    assert detail["tiny"] == "20x20: shorter side 20 < min_side 32"
+    assert detail["aspect"] == "400x60: aspect ratio 6.67 > max_aspect_ratio 3"
+    assert detail["huge"] == "700x700 = 490000 px > max_pixels 400000"
+    assert detail["too_short"] == "1 words < min_words 2"
+    assert detail["too_long"].endswith("chars > max_chars 300")
+    assert detail["uninformative"].startswith("matches uninformative_patterns[0]")
+    assert detail["language"].startswith("de with p=") and "keeping ['en']" in detail["language"]
+    assert "truncated" in detail["truncated_in_tar"]
+
+
+def test_rejected_samples_kept_aside(ray_local, tmp_path):
+    """keep_rejected: every dropped sample (and only those) in rejected/<shard>.tar, with image, caption, verdict."""
+    planted = download_fixture()
+    out = str(tmp_path / "filtered")
+    cfg = filter_test_config()
+    cfg.keep_rejected = True
+    filter_stage.run(cfg, planted.download_uri, out)
+    rows = _rows(out)
+    assert rows == _rows(filtered_fixture())  # the flag changes nothing but the extra tars
+    tars = sorted(os.listdir(os.path.join(out, "rejected")))
+    assert tars == [p.replace(".parquet", ".tar") for p in sorted(os.listdir(out)) if p.endswith(".parquet")]
+    seen = {}
+    for name in tars:
+        for s in wds.WebDataset(os.path.join(out, "rejected", name), shardshuffle=False):
+            meta = json.loads(s["json"])
+            seen[s["__key__"]] = meta
+            row = rows[s["__key__"]]
+            assert (meta["reason"], meta["detail"]) == (row["reason"], row["detail"])
+            assert s["txt"].decode() == row["caption"]
+            assert len(s["jpg"]) == row["bytes"]
+    assert set(seen) == {u for u, r in rows.items() if not r["keep"]}
+    bytes_before = {n: open(os.path.join(out, "rejected", n), "rb").read() for n in tars}
+    for n in tars:  # as if killed after the tars and before the parquets: rebuilt byte for byte
+        os.remove(os.path.join(out, n.replace(".tar", ".parquet")))
+    os.remove(os.path.join(out, layout.COMMIT_MARKER))
+    filter_stage.run(cfg, planted.download_uri, out)
+    assert {n: open(os.path.join(out, "rejected", n), "rb").read() for n in tars} == bytes_before
+
+
+def test_file_size_limits_before_parsing():
+    data = jpeg(Image.new("RGB", (64, 64), (10, 200, 10)))
+    v = inspect_image(data, max_pixels=10**6, min_side=8, max_aspect_ratio=3, min_bytes=len(data) + 1)
+    assert (v.reason, v.detail) == ("too_few_bytes", f"{len(data)} bytes < min_bytes {len(data) + 1}")
+    v = inspect_image(b"x" * 100, max_pixels=10**6, min_side=8, max_aspect_ratio=3, max_bytes=99)
+    assert v.reason == "too_many_bytes"  # decided on the size alone: these bytes are not even an image
+    assert inspect_image(data, max_pixels=10**6, min_side=8, max_aspect_ratio=3, min_bytes=len(data),
+                         max_bytes=len(data)).reason is None
+    with pytest.raises(ConfigError, match="pipeline.filter.max_bytes"):
+        build_dataclass(FilterConfig, {"min_bytes": 100, "max_bytes": 10}, "pipeline.filter")
+
+
+def test_phash_is_imagehash_bit_for_bit():
+    """Random, flat (every coefficient ties), gradient and synthetic-scene images, in several modes."""
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8))
+              for w, h in rng.integers(8, 400, (150, 2))]
+    flat = (("L", 0), ("L", 128), ("RGB", (9, 9, 9)), ("RGBA", (1, 2, 3, 4)))
+    images += [Image.new(mode, (40, 70), c) for mode, c in flat]
+    ramp = np.tile((np.arange(64) * 4).astype(np.uint8), (64, 1))
+    images += [Image.fromarray(ramp), Image.fromarray(np.ascontiguousarray(ramp.T)), Image.fromarray(ramp).convert("P")]
+    images += [Image.open(io.BytesIO(data)) for data, _ in _served_images()]
+    for img in images:
+        assert phash_hex(img) == str(imagehash.phash(img))
+
+
+def _served_images():
+    from tests.pipelines_curation_data import _images
+
+    return [v for k, v in sorted(_images().items()) if k != "/img/truncated.jpg"]
 
 
 def test_rerun_skips_published_shards(filtered):
@@ -76,6 +158,8 @@ def test_pixel_count_is_checked_from_the_header_before_decoding():
 
 def test_caption_normalisation():
     assert normalize_caption("  cafe\u0301\u200b  au\tlait\n") == "caf\u00e9 au lait"
+    # ftfy: mojibake (UTF-8 read as Latin-1), a leftover entity, curly quotes, a ligature, full-width letters.
+    assert normalize_caption("cafÃ© &amp; \u201cquotes\u201d \ufb01ne \uff21\uff22") == 'café & "quotes" fine AB'
 
 
 def _english(rng: random.Random) -> str:

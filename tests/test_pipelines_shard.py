@@ -1,5 +1,6 @@
-"""shard stage (Ray): WebDataset-readable tars matching their parquet, deterministic shuffle, resumable; and the
-filter -> dedupe -> shard chain on an S3 root (moto server)."""
+"""shard stage (Ray): WebDataset-readable tars matching their parquet, deterministic shuffle, resumable, shards
+closed at a sample or byte target (whichever first, sizes planned exactly); and the filter -> dedupe -> shard
+chain on an S3 root (moto server)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import webdataset as wds
 from PIL import Image
 
 from pipelines import layout, storage
-from pipelines.stages import dedupe, filter as filter_stage, shard
-from pipelines.stages.shard import ShardConfig, shuffle_order
+from pipelines.stages import dedupe, shard
+from pipelines.stages import filter as filter_stage
+from pipelines.stages.shard import ShardConfig, plan_shards, sample_tar_bytes, shuffle_order, tar_bytes
 from tests.pipelines_curation_data import deduped_fixture, download_fixture, filter_test_config
 
 
@@ -58,6 +60,42 @@ def test_shards_readable_with_webdataset_and_match_parquet(sharded):
     assert seen == shuffle_order(survivors, 3)
 
 
+def _survivor_rows(dd: str, seed: int) -> list[dict]:
+    by_uid = {r["uid"]: r for r in pq.read_table(os.path.join(dd, "keep.parquet")).to_pylist()}
+    return [by_uid[u] for u in shuffle_order(list(by_uid), seed)]
+
+
+def test_shards_close_at_samples_or_bytes_whichever_first(ray_local, spark, tmp_path):
+    dd = deduped_fixture(spark)
+    rows = _survivor_rows(dd, 3)
+    # 20 kB of tar (records of 10 kB) holds 3-4 of the fixture's ~2 kB JPEGs: bytes close shards before 6 samples.
+    target = 20_480
+    cfg = ShardConfig(samples_per_shard=6, max_shard_bytes=target, shuffle_seed=3)
+    infos, counts = shard.run(cfg, dd, download_fixture().download_uri, str(tmp_path))
+    planned = plan_shards(rows, cfg)
+    assert [i.samples for i in infos] == [len(p) for p in planned] and counts.output == len(rows)
+    for info, part in zip(infos, planned):
+        assert info.bytes == os.path.getsize(tmp_path / info.path)
+        assert info.bytes == tar_bytes(sum(sample_tar_bytes(r) for r in part))  # planned exactly (JPEG sources)
+        assert info.bytes <= target or info.samples == 1
+    for info, part, nxt in zip(infos, planned, planned[1:]):  # each shard closed for a reason
+        assert info.samples == 6 or tar_bytes(sum(sample_tar_bytes(r) for r in part + nxt[:1])) > target
+    assert any(i.samples < 6 for i in infos[:-1])  # at least one shard was closed by the byte target
+    got = [u for info in infos for u in pq.read_table(tmp_path / info.parquet).column("uid").to_pylist()]
+    assert got == [r["uid"] for r in rows]  # the byte cut keeps the global shuffle order
+
+
+def test_plan_without_byte_target_or_with_an_oversized_sample():
+    rows = [{"uid": f"{i:08x}", "url": "u", "caption": "c", "width": 1, "height": 1, "sha256": "s", "phash": "p",
+             "bytes": 5000 if i != 3 else 50_000} for i in range(10)]
+    assert [len(p) for p in plan_shards(rows, ShardConfig(samples_per_shard=4, max_shard_bytes=0))] == [4, 4, 2]
+    # 20 kB: two 5 kB samples (+ headers, txt, json, end blocks) fit, a third does not; the 50 kB one stands alone.
+    sizes = [len(p) for p in plan_shards(rows, ShardConfig(samples_per_shard=4, max_shard_bytes=20_480))]
+    assert sizes == [2, 1, 1, 2, 2, 2]
+    with pytest.raises(ValueError, match="max_shard_bytes=0"):
+        plan_shards([{**rows[0], "bytes": None}], ShardConfig())
+
+
 def test_shuffle_depends_on_seed_not_input_order():
     uids = [f"{i:08x}" for i in range(50)]
     assert shuffle_order(uids, 1) == shuffle_order(list(reversed(uids)), 1)
@@ -97,6 +135,7 @@ def test_chain_on_s3(ray_local, spark, s3_bucket):
     got = []
     for info in infos:
         data = storage.read_bytes(storage.join(root, info.path))
+        assert hashlib.sha256(data).hexdigest() == info.sha256 and len(data) == info.bytes  # whole, as committed
         with tarfile.open(fileobj=io.BytesIO(data)) as tf:
             got += sorted({m.name.split(".", 1)[0] for m in tf.getmembers()})
         assert storage.exists(storage.join(root, info.parquet))

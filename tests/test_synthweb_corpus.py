@@ -169,8 +169,35 @@ def test_leftover_temp_dir_is_not_a_corpus(tmp_path, monkeypatch):
     assert len(truth_rows(c)) == 24 * 8
 
 
+def test_safety_faults_in_truth_and_warc(tmp_path):
+    c = ensure_corpus(small(tmp_path, ssrf=0.25, robots_disallowed=0.1))
+    assert c.summary["format"] == corpus_mod.FORMAT == 2
+    rows = truth_rows(c)
+    ssrf = [r for r in rows if "ssrf" in r["planted"]]
+    robots = [r for r in rows if "robots_disallowed" in r["planted"]]
+    assert ssrf and robots and c.summary["counts"]["ssrf"] == len(ssrf)
+    for r in rows:
+        if "ssrf" in r["planted"]:
+            assert r["form"] and r["ssrf_target"] in ("loopback", "link_local") and r["src"] == r["url"]
+            assert len(r["never_requested"]) == (r["ssrf_target"] == "loopback")
+        elif "robots_disallowed" in r["planted"]:
+            assert r["form"] in ("direct", "redirect") and r["never_requested"][0].split("/")[2] == "private"
+        else:
+            assert r["form"] is None and r["never_requested"] == [] and r["ssrf_target"] is None
+    routes = json.loads(Path(c.routes_path).read_text())
+    assert routes["/robots.txt"]["status"] == 200
+    assert Path(c.files_dir, "robots.txt").read_text().count("User-agent: witforge") == 1
+    for r in ssrf + robots:
+        if r["form"].startswith("redirect"):
+            path = "/" + r["url"].split("/", 3)[3]
+            assert routes[path]["status"] == 302 and routes[path]["headers"]["Location"].endswith(r["never_requested"][0])
+    # Another agent token is another robots.txt, hence another corpus.
+    assert corpus_id(small(tmp_path, robots_agent="otherbot")) != corpus_id(small(tmp_path))
+
+
 @pytest.mark.parametrize("field,value,match", [
-    ("dead_link", 1.5, "web.dead_link"), ("noai", -0.1, "web.noai"),
+    ("dead_link", 1.5, "web.dead_link"), ("noai", -0.1, "web.noai"), ("ssrf", 1.0, "web.ssrf"),
+    ("host", "localhost", "web.host"), ("robots_agent", "wit forge", "web.robots_agent"),
     ("dead_link", 0.6, "web.dead_link: the image faults"), ("decompression_bomb", -1, "web.decompression_bomb"),
     ("port", 70000, "web.port"), ("dir", "s3://b/web", "web.dir"), ("pages", 0, "web.pages"),
 ])

@@ -115,7 +115,7 @@ def test_decompression_bomb_is_small_but_declares_a_huge_image(served):
 
 
 def test_duplicates(served):
-    _, by_kind, rows = served
+    _, by_kind, _ = served
     for r in by_kind["exact_dup"]:
         assert get(r["url"])[2] == get(r["dup_of"])[2]
     for r in by_kind["near_dup"]:
@@ -141,9 +141,8 @@ def test_port_in_use_names_web_port(tmp_path):
         s.listen()
         cfg = WebConfig(dir=str(tmp_path), port=s.getsockname()[1], sites=1, pages=2, images_per_page=3,
                         decompression_bomb=0)
-        with pytest.raises(OSError, match="web.port"):
-            with serve(cfg):
-                pass
+        with pytest.raises(OSError, match="web.port"), serve(cfg):
+            pass
 
 
 def test_shutdown_frees_the_port(tmp_path):
@@ -152,3 +151,84 @@ def test_shutdown_frees_the_port(tmp_path):
     for _ in range(2):  # a second server on the same port starts once the first has stopped
         with serve(cfg) as base:
             assert get(base + "/site-00/page-00000.html")[0] == 200
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # surface the 3xx itself
+
+
+def get_no_redirect(url: str):
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(url, timeout=10) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory):
+    """A corpus where SSRF probes and robots-disallowed paths are frequent, served with a request log."""
+    cfg = WebConfig(dir=str(tmp_path_factory.mktemp("probes")), port=_free_port(), sites=2, pages=10,
+                    images_per_page=10, ssrf=0.3, robots_disallowed=0.2, decompression_bomb=0)
+    corpus = ensure_corpus(cfg)
+    rows = [json.loads(x) for x in Path(corpus.truth_path).read_text(encoding="utf-8").splitlines()]
+    log: list = []
+    with serve(cfg, request_log=log) as base:
+        yield base, rows, log
+
+
+def test_robots_txt_and_request_log(probes):
+    from pipelines.fetch.robots import parse_robots
+
+    base, rows, log = probes
+    status, headers, body = get(base + "/robots.txt")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    rules = parse_robots(body.decode(), "witforge")
+    for r in rows:
+        for path in r["never_requested"]:
+            if "robots_disallowed" in r["planted"]:
+                assert not rules.allowed(path), path
+    assert log[-1]["path"] == "/robots.txt" and log[-1]["status"] == 200 and log[-1]["host"] == base[7:]
+    n = len(log)
+    get(base + "/no/such.jpg")
+    assert len(log) == n + 1 and log[-1]["path"] == "/no/such.jpg" and log[-1]["status"] == 404
+
+
+def test_ssrf_probes_lead_back_to_a_real_image(probes):
+    base, rows, _ = probes
+    ssrf = [r for r in rows if "ssrf" in r["planted"]]
+    assert {r["ssrf_target"] for r in ssrf} == {"loopback", "link_local"}
+    for r in ssrf:
+        if r["form"].startswith("redirect_"):
+            assert r["url"].startswith(base + "/")  # the allowed server answers...
+            status, headers, _ = get_no_redirect(r["url"])
+            location = headers["Location"]
+            assert status == 302 and not location.startswith(base) and location.endswith(r["never_requested"][0])
+            served = base + r["never_requested"][0]  # ...with a redirect to loopback under another spelling
+        elif r["ssrf_target"] == "link_local":
+            assert r["url"].startswith(("http://169.254.169.254/", "http://[::ffff:a9fe:a9fe]/"))
+            assert r["never_requested"] == [] and r["src"] == r["url"]
+            continue  # never fetched: that address is not ours to contact
+        else:
+            assert not r["url"].startswith(base) and r["src"] == r["url"]
+            assert r["url"].endswith(r["never_requested"][0])
+            served = base + r["never_requested"][0]
+        status, headers, body = get(served)  # fetched here through the allowed spelling only
+        assert status == 200 and Image.open(io.BytesIO(body)).size == (r["width"], r["height"])
+
+
+def test_robots_disallowed_paths(probes):
+    base, rows, _ = probes
+    planted = [r for r in rows if "robots_disallowed" in r["planted"]]
+    assert {r["form"] for r in planted} == {"direct", "redirect"}
+    for r in planted:
+        (private,) = r["never_requested"]
+        assert "/private/" in private
+        if r["form"] == "redirect":
+            status, headers, _ = get_no_redirect(r["url"])
+            assert status == 302 and headers["Location"] == base + private and "/private/" not in r["url"]
+        else:
+            assert r["url"] == base + private
+        assert get(base + private)[0] == 200

@@ -1,4 +1,4 @@
-"""Caption rules of the filter stage: normalisation, length, uninformative alt texts and language.
+"""Caption rules of the filter stage: normalisation (ftfy), length, uninformative alt texts and language.
 
 Language identification uses langid's bundled model (nothing is downloaded), restricted to a candidate set of
 languages. Short alt texts ("three red stars") are hard for any character-n-gram model, so a caption is dropped
@@ -13,6 +13,8 @@ import re
 import unicodedata
 from functools import lru_cache
 from typing import Sequence
+
+import ftfy
 
 _WS = re.compile(r"\s+")
 # Control and format characters (zero-width spaces, BOMs, soft hyphens...) that alt texts carry invisibly.
@@ -29,8 +31,13 @@ DEFAULT_UNINFORMATIVE = [
 
 
 def normalize_caption(text: str) -> str:
-    """NFC-normalise, drop invisible control/format characters, collapse whitespace (ftfy is not installed)."""
-    text = unicodedata.normalize("NFC", text)
+    """Repair with ftfy, drop invisible control/format characters, collapse whitespace.
+
+    ftfy (default settings) undoes mojibake ("cafÃ©" -> "café"), leftover HTML entities, curly quotes,
+    ligatures and full-width forms, and NFC-normalises: alt texts pass through many CMSs and encodings, and
+    the same caption should reach the tokenizer as the same string.
+    """
+    text = ftfy.fix_text(text)
     text = "".join(" " if ch in "\t\n\r\v\f" else ch for ch in text)
     text = "".join(ch for ch in text if unicodedata.category(ch) not in _INVISIBLE_CATEGORIES)
     return _WS.sub(" ", text).strip()
@@ -64,8 +71,10 @@ def identify(text: str, candidates: Sequence[str]) -> tuple[str, float]:
 
 def judge_caption(caption: str, *, min_words: int, max_chars: int, uninformative: Sequence[str],
                   candidates: Sequence[str], keep_languages: Sequence[str], language_min_words: int,
-                  language_min_confidence: float) -> tuple[str | None, str, float]:
-    """(drop reason or None, detected language, its probability) for an already normalised caption.
+                  language_min_confidence: float) -> tuple[str | None, str, float, str]:
+    """(drop reason or None, detected language, its probability, detail) for an already normalised caption.
+
+    `detail` says why in words and numbers ("1 words < min_words 2"); empty when the caption is kept.
 
     A caption is only dropped as `language` when langid's best candidate is outside `keep_languages` with
     probability >= language_min_confidence and the caption has >= language_min_words words: on two- or
@@ -73,13 +82,15 @@ def judge_caption(caption: str, *, min_words: int, max_chars: int, uninformative
     more than keeping the odd short foreign caption.
     """
     lang, prob = identify(caption, candidates) if caption else ("", 0.0)
-    if any(p.search(caption) for p in _compiled(tuple(uninformative))):
-        return "uninformative", lang, prob
+    for i, pattern in enumerate(_compiled(tuple(uninformative))):
+        if pattern.search(caption):
+            return "uninformative", lang, prob, f"matches uninformative_patterns[{i}] {pattern.pattern!r}"
     words = caption.split()
     if len(words) < min_words:
-        return "too_short", lang, prob
+        return "too_short", lang, prob, f"{len(words)} words < min_words {min_words}"
     if len(caption) > max_chars:
-        return "too_long", lang, prob
+        return "too_long", lang, prob, f"{len(caption)} chars > max_chars {max_chars}"
     if lang not in keep_languages and prob >= language_min_confidence and len(words) >= language_min_words:
-        return "language", lang, prob
-    return None, lang, prob
+        return "language", lang, prob, (f"{lang} with p={prob:.3f} >= {language_min_confidence:g}, "
+                                        f"keeping {list(keep_languages)}")
+    return None, lang, prob, ""

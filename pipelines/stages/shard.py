@@ -3,19 +3,31 @@
 CONTRACT (build.py calls it):
     run(cfg: ShardConfig, dedupe_uri: str, download_uri: str, version_uri: str) -> tuple[list[ShardInfo], StageCounts]
 Survivors are globally shuffled by a seeded hash of their uid (so the order depends on the seed only, never on
-the input order) and cut into shards of cfg.samples_per_shard. One Ray task per output shard streams the needed
-members out of the download tars, writes `<uid>.jpg/.txt/.json` with webdataset.TarWriter into local scratch,
-then publishes in this order: shards/NNNNNN.tar, shards/NNNNNN.parquet, and last the commit record
-_work/shard/NNNNNN.json (the ShardInfo). A rerun skips shards whose commit record exists; a shard rebuilt
-after a crash has the same bytes (fixed tar mtime, deterministic order and encodings).
+the input order) and cut, in that order, into shards that close at whichever target comes first:
+cfg.samples_per_shard samples, or cfg.max_shard_bytes bytes of tar. Tar sizes are planned exactly in the driver
+from the filter's `bytes` column (member headers, 512-byte padding, tar end records), so the cut is known before
+any shard is written and is the same on every rerun. One Ray task per output shard streams the needed members
+out of the download tars, writes `<uid>.jpg/.txt/.json` into local scratch, then publishes in this order:
+shards/NNNNNN.tar, shards/NNNNNN.parquet, and last the commit record _work/shard/NNNNNN.json (the ShardInfo and
+the uids whose image was missing). A rerun skips shards whose commit record exists; a shard rebuilt after a crash
+has the same bytes (fixed tar mtime, deterministic order and encodings).
+
+Publishing never exposes a partial object under a final key (pipelines.storage): locally a hidden temporary
+file renamed into place; on S3 the finished local file in one PUT (s3fs 2026: below 100 MiB), or as a multipart
+upload above that, whose object only appears at CompleteMultipartUpload (s3fs aborts it on an error; a killed
+process leaves an invisible incomplete upload for the bucket's abort-incomplete-multipart lifecycle rule). The
+manifest is written by build.py after every shard is committed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import math
 import os
 import posixpath
+import tarfile
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -25,12 +37,14 @@ from pipelines import storage
 from pipelines.funnel import StageCounts
 from pipelines.schema import SampleMeta, ShardInfo, validate_uid
 from pipelines.stages.dedupe import read_keep
+from pipelines.stages.images import to_jpeg
 from pipelines.stages.members import read_members
 from pipelines.storage import ray_task_options
-from pipelines.stages.images import to_jpeg
 
-# Fixed member mtime (2020-01-01): the same samples give the same tar bytes on every rerun.
-TAR_MTIME = 1577836800.0
+# Fixed member mtime (2020-01-01): the same samples give the same tar bytes on every rerun. An int: tarfile
+# writes a float mtime as an extra PAX header, 1 kB more per member than the 512-byte header.
+TAR_MTIME = 1577836800
+TAR_OWNER, TAR_MODE = "bigdata", 0o444  # webdataset's defaults, passed explicitly: header sizes are planned
 SHARD_PARQUET_SCHEMA = pa.schema([
     ("uid", pa.string()), ("url", pa.string()), ("page_url", pa.string()), ("caption", pa.string()),
     ("width", pa.int64()), ("height", pa.int64()), ("sha256", pa.string()), ("phash", pa.string()),
@@ -41,13 +55,18 @@ SHARD_PARQUET_SCHEMA = pa.schema([
 @dataclass
 class ShardConfig:
     samples_per_shard: int = 1000
-    """Samples per output tar (the last shard holds the remainder)."""
+    """At most this many samples per output tar (a shard closes at this or max_shard_bytes, whichever comes first)."""
+    max_shard_bytes: int = 1_000_000_000
+    """A shard closes before its tar would exceed this many bytes (a single larger sample gets a shard of its
+    own); 0: no byte target. Exact for JPEG sources (all of img2dataset's output), an estimate otherwise."""
     shuffle_seed: int = 0
     """Seed of the deterministic global shuffle applied before sharding."""
 
     def __post_init__(self) -> None:
         if self.samples_per_shard < 1:
             raise ValueError(f"pipeline.shard.samples_per_shard: {self.samples_per_shard} must be >= 1")
+        if self.max_shard_bytes < 0:
+            raise ValueError(f"pipeline.shard.max_shard_bytes: {self.max_shard_bytes} must be >= 0 (0: no byte target)")
 
 
 def shuffle_order(uids: list[str], seed: int) -> list[str]:
@@ -60,6 +79,58 @@ def _meta(row: dict) -> SampleMeta:
     return SampleMeta(uid=row["uid"], url=row["url"], page_url=row.get("page_url") or "", caption=row["caption"],
                       width=int(row["width"]), height=int(row["height"]), sha256=row["sha256"],
                       phash=row["phash"], source=row.get("source") or "", scores=scores)
+
+
+def _members(row: dict, jpg: bytes | None = None) -> dict[str, bytes]:
+    """The sample's tar members as written (jpg only when given): one encoding for planning and writing."""
+    meta = _meta(row)
+    out = {"txt": meta.caption.encode(), "json": json.dumps(meta.to_json()).encode()}
+    if jpg is not None:
+        out["jpg"] = jpg
+    return out
+
+
+def _member_bytes(name: str, size: int) -> int:
+    """Bytes one member takes in the tar: its header as tarfile encodes it (the format webdataset's TarWriter
+    uses, with any extended header it needs), then the data padded to whole blocks."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = size, TAR_MTIME, TAR_MODE, TAR_OWNER, TAR_OWNER
+    header = len(info.tobuf(tarfile.DEFAULT_FORMAT, tarfile.ENCODING, "surrogateescape"))
+    return header + math.ceil(size / tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def sample_tar_bytes(row: dict) -> int:
+    """Bytes `row`'s three members add to a shard tar (the jpg's size is the filter's `bytes` column)."""
+    if row.get("bytes") is None:
+        raise ValueError(f"sample {row.get('uid')}: no `bytes` column in the dedupe survivors (written by the "
+                         f"filter stage); set pipeline.shard.max_shard_bytes=0 to cut by sample count only")
+    members = {"jpg": int(row["bytes"]), **{ext: len(v) for ext, v in _members(row).items()}}
+    return sum(_member_bytes(f"{row['uid']}.{ext}", size) for ext, size in members.items())
+
+
+def tar_bytes(members_bytes: int) -> int:
+    """Size of a tar whose members take `members_bytes`: two zero end blocks, padded to a whole record."""
+    return math.ceil((members_bytes + 2 * tarfile.BLOCKSIZE) / tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
+def plan_shards(rows: list[dict], cfg: ShardConfig) -> list[list[dict]]:
+    """Cut `rows` (in shuffled order) into consecutive shards: a shard closes when it holds samples_per_shard
+    samples or when one more sample would take its tar past max_shard_bytes."""
+    shards: list[list[dict]] = []
+    current: list[dict] = []
+    size = 0
+    for row in rows:
+        add = sample_tar_bytes(row) if cfg.max_shard_bytes else 0
+        full = len(current) >= cfg.samples_per_shard
+        too_big = bool(cfg.max_shard_bytes and current) and tar_bytes(size + add) > cfg.max_shard_bytes
+        if full or too_big:
+            shards.append(current)
+            current, size = [], 0
+        current.append(row)
+        size += add
+    if current:
+        shards.append(current)
+    return shards
 
 
 def _names(index: int) -> tuple[str, str, str]:
@@ -86,16 +157,14 @@ def write_shard(index: int, rows: list[dict], version_uri: str) -> dict:
     with storage.local_scratch("witforge-shard-") as tmp:
         local_tar = os.path.join(tmp, "shard.tar")
         with open(local_tar, "wb") as f:
-            writer = wds.TarWriter(f, mtime=TAR_MTIME)
+            writer = wds.TarWriter(f, mtime=TAR_MTIME, user=TAR_OWNER, group=TAR_OWNER, mode=TAR_MODE)
             for r in rows:  # in shuffled order; each sample's three members are written together
                 data = images.get((r["src_tar"], r["key"]))
                 if data is None:
                     missing.append(r["uid"])
                     continue
-                meta = _meta(r)
-                writer.write({"__key__": r["uid"], "jpg": to_jpeg(data), "txt": meta.caption.encode(),
-                              "json": meta.to_json()})
-                metas.append(meta)
+                writer.write({"__key__": r["uid"], **_members(r, to_jpeg(data))})
+                metas.append(_meta(r))
             writer.close()
         digest = hashlib.sha256()
         with open(local_tar, "rb") as f:
@@ -123,9 +192,9 @@ def run(cfg: ShardConfig, dedupe_uri: str, download_uri: str, version_uri: str) 
         # Resolve the source tar under download_uri (not the URI the filter saw): the version may have moved.
         r["src_tar"] = storage.join(download_uri, posixpath.basename(r["src_tar"]))
     order = shuffle_order(list(by_uid), cfg.shuffle_seed)
-    chunks = [order[i:i + cfg.samples_per_shard] for i in range(0, len(order), cfg.samples_per_shard)]
+    chunks = plan_shards([by_uid[u] for u in order], cfg)
     task = ray.remote(write_shard).options(**ray_task_options())
-    refs = [task.remote(i, [by_uid[u] for u in chunk], version_uri) for i, chunk in enumerate(chunks)]
+    refs = [task.remote(i, chunk, version_uri) for i, chunk in enumerate(chunks)]
     records = ray.get(refs)
     infos = [ShardInfo(**rec["info"]) for rec in records]
     counts = StageCounts("shard", input=len(rows), output=sum(i.samples for i in infos))
