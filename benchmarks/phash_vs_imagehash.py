@@ -73,8 +73,8 @@ def adversarial_images() -> list[Image.Image]:
     rng = np.random.default_rng(0)
     imgs = [Image.fromarray(rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8))
             for w, h in rng.integers(8, 600, (200, 2))]
-    imgs += [Image.new(mode, (w, h), c) for mode, c in (("L", 0), ("L", 255), ("RGB", (7, 7, 7)), ("RGBA", (1, 2, 3, 0)))
-             for w, h in ((32, 32), (33, 70), (500, 20))]
+    flat = (("L", 0), ("L", 255), ("RGB", (7, 7, 7)), ("RGBA", (1, 2, 3, 0)))  # every coefficient ties
+    imgs += [Image.new(mode, (w, h), c) for mode, c in flat for w, h in ((32, 32), (33, 70), (500, 20))]
     ramp = np.tile((np.arange(256)).astype(np.uint8), (256, 1))
     imgs += [Image.fromarray(ramp), Image.fromarray(np.ascontiguousarray(ramp.T)), Image.fromarray(ramp).convert("P"),
              Image.fromarray(ramp).convert("1"), Image.fromarray(ramp).convert("I;16")]
@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sides = {
         "hash": {"imagehash": lambda img: str(imagehash.phash(img)), "witforge": phash_hex},
-        "decode+hash": {"imagehash": lambda d: str(imagehash.phash(_decode(d))), "witforge": lambda d: phash_hex(_decode(d))},
+        "decode+hash": {"imagehash": lambda d: str(imagehash.phash(_decode(d))),
+                        "witforge": lambda d: phash_hex(_decode(d))},
     }
     rounds: dict = {m: {s: [] for s in fns} for m, fns in sides.items()}
     for _ in range(args.reps):

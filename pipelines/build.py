@@ -8,6 +8,8 @@ storage.root=s3://bucket/prefix`. Prints the manifest's URI as the last line of 
 Every stage publishes its outputs atomically and marks itself committed last, so killing the build at any
 point and rerunning it with the same config resumes: committed work is skipped, nothing is lost or duplicated.
 The manifest is written last; a version without one does not exist.
+
+Lineage of any sample: python -m pipelines.explain <uid> --config configs/demo.yaml
 """
 
 from __future__ import annotations
@@ -88,8 +90,17 @@ def build(cfg: dict) -> str:
         warcs = list(pc.source.warc if pc.source.kind == "warc" else pc.source.wat)
         upstream[pc.source.kind] = warcs
 
-    from pipelines.stages import (balance, caption_dedupe, clip_filter, decontam, dedupe, download, extract,
-                                  semdedup, shard)
+    from pipelines.stages import (
+        balance,
+        caption_dedupe,
+        clip_filter,
+        decontam,
+        dedupe,
+        download,
+        extract,
+        semdedup,
+        shard,
+    )
     from pipelines.stages import filter as filter_stage
 
     w = {s: layout.work_uri(version, s) for s in ("candidates", "balance", "download", "filtered", "dedupe",
@@ -121,7 +132,10 @@ def build(cfg: dict) -> str:
                              lambda: semdedup.run(pc.semdedup, w["caption_dedupe"], w["semdedup"], w["download"])))
         stages.append(_stage("clip_filter", w["clip_filter"],
                              lambda: clip_filter.run(pc.clip_filter, w["semdedup"], w["clip_filter"], w["download"])))
+        t0 = time.time()
         shard_infos, shard_counts = shard.run(pc.shard, w["clip_filter"], w["download"], version)
+        log.info("stage %s done in %.1fs: %d in, %d out", "shard", time.time() - t0, shard_counts.input,
+                 shard_counts.output)
         stages.append(shard_counts)
     finally:
         if own_spark:

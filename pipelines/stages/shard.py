@@ -22,6 +22,7 @@ manifest is written by build.py after every shard is committed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -90,13 +91,22 @@ def _members(row: dict, jpg: bytes | None = None) -> dict[str, bytes]:
     return out
 
 
+@functools.lru_cache(maxsize=1024)
+def _header_bytes(name_len: int, size_needs_pax: bool) -> int:
+    """A member header as tarfile encodes it (the format webdataset's TarWriter uses, with any extended header
+    it needs). For our ASCII names it depends only on the name's length and on whether the size needs a PAX
+    record (8 GiB or more), so it is computed once per pair rather than per sample."""
+    info = tarfile.TarInfo("k" * name_len)
+    info.size = 8**11 if size_needs_pax else 0
+    info.mtime, info.mode, info.uname, info.gname = TAR_MTIME, TAR_MODE, TAR_OWNER, TAR_OWNER
+    return len(info.tobuf(tarfile.DEFAULT_FORMAT, tarfile.ENCODING, "surrogateescape"))
+
+
 def _member_bytes(name: str, size: int) -> int:
-    """Bytes one member takes in the tar: its header as tarfile encodes it (the format webdataset's TarWriter
-    uses, with any extended header it needs), then the data padded to whole blocks."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uname, info.gname = size, TAR_MTIME, TAR_MODE, TAR_OWNER, TAR_OWNER
-    header = len(info.tobuf(tarfile.DEFAULT_FORMAT, tarfile.ENCODING, "surrogateescape"))
-    return header + math.ceil(size / tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    """Bytes one member takes in the tar: its header, then the data padded to whole blocks."""
+    if not name.isascii():
+        raise ValueError(f"tar member name {name!r} is not ASCII (uids are hex)")
+    return _header_bytes(len(name), size >= 8**11) + math.ceil(size / tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
 def sample_tar_bytes(row: dict) -> int:
