@@ -167,10 +167,7 @@ class Source:
 
 
 def shard_uris(manifest_uri: str) -> list[str]:
-    manifest = load_manifest(manifest_uri)
-    if not manifest.shards:
-        raise ValueError(f"{manifest_uri}: the manifest lists no shards")
-    return manifest.shard_uris(manifest_uri)
+    return list(load_source(manifest_uri).urls)
 
 
 def load_source(manifest_uri: str, weight: float = 1.0) -> Source:
