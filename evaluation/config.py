@@ -22,6 +22,8 @@ class EvalConfig:
     """Seed of every evaluation dataset: same seed, same pixels."""
     num_cpus: float = 1.0
     """CPUs Ray reserves for each (checkpoint, dataset) task."""
+    num_gpus: float = -1
+    """GPUs Ray reserves for each task; -1 = one when the cluster has GPUs, none otherwise (CPU-only clusters)."""
     max_retries: int = 2
     """Times Ray reruns a task whose worker died (not one that raised: that is recorded as failed)."""
     ray_address: str = ""

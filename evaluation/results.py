@@ -3,7 +3,7 @@
     <root>/eval/results/<checkpoint digest>/<dataset>.jsonl     one JSON row per metric, published atomically
 
 A row: {model, checkpoint, step, digest, dataset, dataset_version, task, metric, value, chance, n, status,
-error, code_version, config_hash, time}. `status` is "ok", or "failed" for the single row recording a task that
+error, code_version, config_hash, ray_job_id, time}. `status` is "ok", or "failed" for the single row recording a task that
 raised (metric "error", value null, the error text in `error`). A (checkpoint, dataset) file counts as done only
 when all its rows are ok and its config_hash matches the current settings: a rerun retries failures and
 re-evaluates results computed with different settings or an older dataset version, and skips the rest.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pipelines import storage
 from pipelines.config import config_hash
-from pipelines.version import code_version
+from pipelines.version import code_version, ray_job_id
 from evaluation.config import EvalConfig
 from evaluation.tasks import get_dataset
 
@@ -52,7 +52,7 @@ def dataset_hash(cfg: EvalConfig, dataset: str) -> str:
 def _provenance(ckpt: CheckpointRef, dataset: str, cfg: EvalConfig) -> dict:
     return {"model": ckpt.model, "checkpoint": ckpt.uri, "step": ckpt.step, "digest": ckpt.digest,
             "dataset": dataset, "dataset_version": get_dataset(dataset).version, "code_version": code_version(),
-            "config_hash": dataset_hash(cfg, dataset),
+            "config_hash": dataset_hash(cfg, dataset), "ray_job_id": ray_job_id(),
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 

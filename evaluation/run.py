@@ -27,8 +27,9 @@ from pipelines.storage import StorageConfig
 from evaluation.config import DashboardConfig, EvalConfig
 from evaluation.evaluate import evaluate_dataset
 from evaluation.metrics import Encoder
-from evaluation.results import (PRIMARY, CheckpointRef, failed_row, is_done, ok_rows, read_rows, result_uri,
-                                write_rows)
+from evaluation.reports import publish_reports
+from evaluation.results import (PRIMARY, CheckpointRef, all_rows, failed_row, is_done, ok_rows, read_rows,
+                                result_uri, write_rows)
 
 log = logging.getLogger("evaluation.run")
 Loader = Callable[[str], Encoder]
@@ -42,9 +43,12 @@ def sections() -> dict[str, type]:
 
 
 def default_loader(uri: str) -> Encoder:
+    """Load onto the GPU Ray gave this task, if any (Ray sets CUDA_VISIBLE_DEVICES to it), else the CPU."""
+    import torch
+
     from training.checkpoint import load_clip
 
-    return load_clip(uri)
+    return load_clip(uri, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def checkpoint_ref(uri: str) -> CheckpointRef:
@@ -96,6 +100,8 @@ class RunResult:
     evaluated: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    reports: str = ""
+    """URI of the aggregated CSV, when this run evaluated anything."""
 
 
 def evaluate(cfg: dict[str, Any], loader: Loader = default_loader,
@@ -118,8 +124,10 @@ def evaluate(cfg: dict[str, Any], loader: Loader = default_loader,
     if not todo:
         return out
     ray = init_ray(EngineConfig(ray_address=ec.ray_address, ray_num_cpus=ec.ray_num_cpus))
-    options: dict[str, Any] = {"num_cpus": ec.num_cpus, "max_retries": ec.max_retries, **storage.ray_task_options()}
+    options: dict[str, Any] = {"num_cpus": ec.num_cpus, "num_gpus": task_gpus(ray, ec.num_gpus),
+                               "max_retries": ec.max_retries, **storage.ray_task_options()}
     task = ray.remote(_evaluate_task).options(**options)
+    changed: list[dict] = []
     pending = {task.remote(loader, ckpt.uri, ckpt.digest, ds, ec): (ckpt, ds) for ckpt, ds in todo}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
@@ -133,7 +141,16 @@ def evaluate(cfg: dict[str, Any], loader: Loader = default_loader,
             out.failed.append((ckpt.digest, ds))
         write_rows(root, ckpt.digest, ds, rows)
         out.rows += rows
+        changed += rows
+    out.reports = publish_reports(root, all_rows(root), changed)
     return out
+
+
+def task_gpus(ray: Any, requested: float) -> float:
+    """GPUs each task reserves: `requested` when >= 0, else ("auto", -1) one if the cluster has any GPU."""
+    if requested >= 0:
+        return requested
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
 def table(rows: list[dict]) -> str:

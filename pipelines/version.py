@@ -22,3 +22,19 @@ def code_version() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def ray_job_id() -> str:
+    """The submission id of the `ray job submit` job this process runs in ("" outside one).
+
+    Ray's job supervisor hands the entrypoint its job config (metadata included) in this variable; the id is what
+    `ray job logs <id>` and the ops CLI take, so it is what provenance should name."""
+    import json
+
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "")
+    if not raw:
+        return ""
+    try:
+        return str(json.loads(raw).get("metadata", {}).get("job_submission_id", ""))
+    except (ValueError, AttributeError):
+        return ""

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
 
@@ -93,6 +95,14 @@ def test_ray_run_publishes_rows_skips_done_and_records_failures(ray_local, tmp_p
     assert failed["status"] == "failed" and failed["value"] is None
     assert "RuntimeError: oracle cannot read 'the letter A'" in failed["error"]
     assert "FAILED" in table(first.rows)
+    # CLIP_benchmark-format files for the pairs that succeeded, none for the failure; the CSV keeps all three.
+    cb = storage.read_json(f"{root}/eval/clip_benchmark/{CKPT.digest}/colour.json")
+    assert cb == {"dataset": "colour", "model": "oracle", "pretrained": CKPT.uri, "task": "zeroshot_classification",
+                  "metrics": {"acc1": 1.0, "acc5": 1.0, "mean_per_class_recall": 1.0}, "language": "en"}
+    assert not storage.exists(f"{root}/eval/clip_benchmark/{CKPT.digest}/letter.json")
+    csv_rows = list(csv.DictReader(io.StringIO(storage.read_bytes(first.reports).decode())))
+    assert {(r["dataset"], r["status"]) for r in csv_rows} == {("colour", "ok"), ("size", "ok"), ("letter", "failed")}
+    assert len(csv_rows) == len(first.rows)
     # Nothing half-written is left beside the results.
     names = sorted(p.name for p in (tmp_path / "root" / "eval" / "results" / CKPT.digest).iterdir())
     assert names == ["colour.jsonl", "letter.jsonl", "size.jsonl"]
@@ -139,3 +149,61 @@ def test_cli_rejects_bad_config(tmp_path, bad, capsys):
         main(["--config", str(path), bad])
     assert exc.value.code == 2
     assert bad.split("=")[0] in capsys.readouterr().err
+
+
+def _fake_step(root: str, step: int, steps: int) -> str:
+    uri = storage.join(root, "checkpoints", "oracle", f"step_{step:08d}")
+    storage.write_json(storage.join(uri, "meta.json"), {"digest": f"{step:064x}", "step": step, "steps": steps,
+                                                        "run": "oracle"})
+    return uri
+
+
+class MetaOracleLoader:
+    """The colour oracle, carrying the digest its step dir's meta.json states (as a real load would)."""
+
+    def __call__(self, uri: str) -> ColourOracle:
+        return ColourOracle(digest=storage.read_json(storage.join(uri, "meta.json"))["digest"])
+
+
+def test_watch_evaluates_each_new_checkpoint_until_the_final_step(ray_local, tmp_path):
+    from training.config import TrainConfig
+    from evaluation.watch import WatchConfig, watch
+
+    root = str(tmp_path / "root")
+    cfg = {**_cfg(root), "training": TrainConfig(run="oracle"), "watch": WatchConfig(poll_s=5)}
+    cfg["evaluation"].tasks = ["colour"]
+    _fake_step(root, 1, 3)
+    # "Training" writes steps 2 and 3 while the watcher sleeps; the clock only moves when it sleeps.
+    now = [0.0]
+    later = [lambda: _fake_step(root, 2, 3), lambda: None, lambda: _fake_step(root, 3, 3)]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+        later.pop(0)()
+
+    seen = []
+    results = watch(cfg, MetaOracleLoader(), on_checkpoint=lambda ref, _r: seen.append(ref.step),
+                    clock=lambda: now[0], sleep=sleep)
+    assert seen == [1, 2, 3] and not later
+    assert [r.evaluated for r in results] == [[(f"{s:064x}", "colour")] for s in (1, 2, 3)]
+    assert all(storage.exists(result_uri(root, f"{s:064x}", "colour")) for s in (1, 2, 3))
+
+    # A restarted watcher re-evaluates nothing and still stops at the final step.
+    again = watch(cfg, MetaOracleLoader(), clock=lambda: now[0], sleep=sleep)
+    assert [r.evaluated for r in again] == [[], [], []] and all(r.skipped for r in again)
+
+
+def test_watch_gives_up_after_the_idle_timeout(tmp_path):
+    from training.config import TrainConfig
+    from evaluation.watch import WatchConfig, watch
+
+    cfg = {**_cfg(str(tmp_path)), "training": TrainConfig(run="nothing"),
+           "watch": WatchConfig(poll_s=10, idle_timeout_s=35)}
+    now, naps = [0.0], []
+
+    def sleep(s: float) -> None:
+        naps.append(s)
+        now[0] += s
+
+    assert watch(cfg, OracleLoader(), clock=lambda: now[0], sleep=sleep) == []
+    assert naps == [10, 10, 10, 10]  # 40 s >= 35 s idle: stop at the fifth look
