@@ -114,7 +114,12 @@ def build_dataclass(cls: type, data: dict, where: str = "") -> Any:
 
 def _parse_scalar(text: str) -> Any:
     # YAML's own scalar rules, so `a.b=3` is an int, `a.b=true` a bool, `a.b=[1,2]` a list.
-    return yaml.safe_load(text) if text != "" else ""
+    if text == "":
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override value {text!r} is not valid YAML: {exc}") from exc
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
