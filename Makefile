@@ -1,6 +1,7 @@
 # Two commands for a new user: `make demo` and `make test`. Both create .venv and install what they need.
 PYTHON ?= python3
 VENV := .venv
+CHECKOV_VENV := .venv-checkov
 PY := $(VENV)/bin/python
 CONFIG ?= configs/demo.yaml
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -18,6 +19,12 @@ $(VENV)/.installed: requirements.txt constraints.txt
 	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	touch $@
 
+# checkov in its own venv: its pins (boto3 1.35, packaging<24, networkx<2.7, ...) clash with .venv's.
+$(CHECKOV_VENV)/.installed: infra/checkov-constraints.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q checkov==3.3.30 -c infra/checkov-constraints.txt
+	touch $@
+
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -32,7 +39,7 @@ demo: $(VENV)/.installed
 	@echo "== done. Outputs (storage root data/): data/synthweb/v1/manifest.json (+ funnel.json, shards/),"
 	@echo "   data/checkpoints/demo/latest.json, data/eval/results/, data/dashboard/index.html"
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 	$(PY) -m pytest -q $(ARGS)
 
 clean:
