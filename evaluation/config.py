@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from evaluation.dashboard_config import DashboardConfig
+
+__all__ = ["DashboardConfig", "EvalConfig"]  # the dashboard section lives beside the dashboard
+
 
 @dataclass
 class EvalConfig:
@@ -16,6 +20,11 @@ class EvalConfig:
     """Images rendered per class for each classification dataset."""
     retrieval_pairs: int = 200
     """Held-out (image, caption) pairs in the retrieval dataset; R@k chance is k / this."""
+    probe_samples_per_class: int = 10
+    """Images per class in each of a linear probe's train and validation splits (its test split is the
+    zero-shot test split: samples_per_class per class)."""
+    probe_c_grid: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0])
+    """Inverse regularisation strengths a linear probe chooses from on its validation split."""
     image_size: int = 96
     """Side in pixels of the rendered evaluation images (the model resizes as it does for training)."""
     seed: int = 1234
@@ -37,9 +46,11 @@ class EvalConfig:
         unknown = [t for t in self.tasks if t not in DATASETS]
         if unknown:
             raise ValueError(f"evaluation.tasks: unknown dataset {unknown[0]!r} (known: {', '.join(DATASETS)})")
-        for name in ("samples_per_class", "retrieval_pairs", "image_size"):
+        for name in ("samples_per_class", "probe_samples_per_class", "retrieval_pairs", "image_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"evaluation.{name}: must be at least 1, got {getattr(self, name)}")
+        if not self.probe_c_grid or min(self.probe_c_grid) <= 0:
+            raise ValueError(f"evaluation.probe_c_grid: needs at least one positive value, got {self.probe_c_grid}")
         if self.image_size < 16:
             raise ValueError(f"evaluation.image_size: {self.image_size} is too small to draw a scene (min 16)")
         if self.retrieval_pairs < 10:
@@ -57,12 +68,5 @@ class EvalConfig:
     def data_settings(self) -> dict:
         """The settings that change what a dataset contains (hashed into each result row's config_hash)."""
         return {"samples_per_class": self.samples_per_class, "retrieval_pairs": self.retrieval_pairs,
-                "image_size": self.image_size, "seed": self.seed}
-
-
-@dataclass
-class DashboardConfig:
-    title: str = "witforge evaluation"
-    """Page title of the dashboard."""
-    output: str = ""
-    """Where to publish the page; "" = <storage.root>/dashboard/index.html."""
+                "image_size": self.image_size, "seed": self.seed,
+                "probe_samples_per_class": self.probe_samples_per_class, "probe_c_grid": list(self.probe_c_grid)}

@@ -1,139 +1,111 @@
-"""A static HTML dashboard of every evaluation result under <root>/eval/results/.
+"""The nightly evaluation dashboard: a static site built from every result row under <root>/eval/results/.
 
-    python -m evaluation.dashboard --config configs/demo.yaml [dashboard.output=/tmp/index.html]
+    python -m evaluation.dashboard --config configs/demo.yaml [dashboard.baseline=<digest|step|model:step|first|previous>
+        dashboard.tolerance=0.01 dashboard.noise_z=2 dashboard.output=s3://bucket/site]
 
-One self-contained page (inline CSS and SVG; no CDN, no JavaScript): checkpoints with their provenance, the
-primary score per dataset against chance for each model's latest checkpoint, the primary score by step when a
-model has several checkpoints, and a table per dataset. Failed evaluations are shown as failed. The page is
-published atomically through pipelines.storage; its URI is printed.
+Publishes into <root>/dashboard/ (or dashboard.output), local or s3://: `assets/` (CSS, JS, icon; content-hashed
+names, never overwritten), `data.json` (the same numbers, for scripts), then `index.html` last, so a reader
+always gets a complete site: the old page with its old assets, or the new one. Serve it with
+`python -m http.server -d data/dashboard` or as an S3 static website (objects carry their Content-Type).
+Prints one line per regression or failure against the pinned baseline, then the page's URI.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+import mimetypes
 import sys
-from collections import defaultdict
-from html import escape
-from typing import Any
+from pathlib import Path
 
 from pipelines import storage
 from pipelines.config import parse_cli
 from pipelines.storage import StorageConfig
-from evaluation.config import DashboardConfig
-from evaluation.results import PRIMARY, all_rows
-from evaluation.svg import bar_chart, line_chart
+from evaluation.dashboard_config import DashboardConfig
+from evaluation.dashboard_html import render_html, summary_json
+from evaluation.dashboard_stats import FAILED, INCOMPLETE, MISSING, REGRESSION, Summary, summarize
+from evaluation.results import all_rows
 
-CSS = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}
-td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}th{background:#f3f3f3}
-tr.failed td{background:#fde2e2;color:#900}code{font-size:12px}.num{text-align:right}"""
-
-
-def _num(v: Any) -> str:
-    return "" if v is None else f"{v:.4f}" if isinstance(v, float) else escape(str(v))
+SITE = Path(__file__).with_name("site")
+ASSETS = ("dashboard.css", "dashboard.js", "favicon.svg")
+NO_CACHE = "no-cache"  # index.html and data.json change every night
+IMMUTABLE = "public, max-age=31536000, immutable"  # an asset's name changes with its content
 
 
-def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = []
-    for i, cells in enumerate(rows):
-        cls = f' class="{classes[i]}"' if classes and classes[i] else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+def publish(uri: str, data: bytes, cache_control: str) -> None:
+    """Publish atomically (pipelines.storage); on S3 with the Content-Type a static website must serve."""
+    content_type = mimetypes.guess_type(uri)[0] or "application/octet-stream"
+    if content_type.startswith("text/") or content_type in ("application/json", "application/javascript",
+                                                            "image/svg+xml"):
+        content_type += "; charset=utf-8"
+    if uri.startswith("s3://"):
+        fs, path = storage.filesystem(uri)
+        fs.pipe_file(path, data, ContentType=content_type, CacheControl=cache_control)  # one PUT: atomic
+    else:
+        storage.write_bytes(uri, data)
 
 
-def _primary(rows: list[dict]) -> dict[str, dict]:
-    """dataset -> its primary-metric row (or its failed row) among `rows` of one checkpoint."""
-    out = {}
-    for r in rows:
-        if r["status"] == "failed" or r["metric"] == PRIMARY.get(r["task"]):
-            out[r["dataset"]] = r
-    return out
+def publish_assets(site: str) -> dict[str, str]:
+    """Bundled asset name -> its relative URL under `site`, publishing any not there yet."""
+    urls = {}
+    for name in ASSETS:
+        data = (SITE / name).read_bytes()
+        stem, ext = name.rsplit(".", 1)
+        rel = f"assets/{stem}.{hashlib.sha256(data).hexdigest()[:12]}.{ext}"
+        uri = storage.join(site, rel)
+        if not storage.exists(uri):
+            publish(uri, data, IMMUTABLE)
+        urls[name] = rel
+    return urls
 
 
-def _checkpoints(rows: list[dict]) -> dict[str, list[dict]]:
-    by_digest: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_digest[r["digest"]].append(r)
-    return by_digest
-
-
-def _provenance_section(by_digest: dict[str, list[dict]]) -> str:
-    body = []
-    for digest, rows in sorted(by_digest.items(), key=lambda kv: (kv[1][0]["model"], kv[1][0]["step"])):
-        first = rows[0]
-        failed = sum(r["status"] == "failed" for r in rows)
-        body.append([escape(first["model"]), _num(first["step"]), f"<code>{escape(digest[:16])}</code>",
-                     f"<code>{escape(first['checkpoint'])}</code>",
-                     escape(", ".join(sorted({r["code_version"] for r in rows}))),
-                     str(len({r["dataset"] for r in rows})), str(failed)])
-    return "<h2>Checkpoints</h2>" + _table(
-        ["model", "step", "digest", "checkpoint", "code version", "datasets", "failed"], body)
-
-
-def _charts(by_digest: dict[str, list[dict]]) -> str:
-    by_model: dict[str, list[list[dict]]] = defaultdict(list)
-    for rows in by_digest.values():
-        by_model[rows[0]["model"]].append(rows)
-    parts = ["<h2>Scores</h2>"]
-    for model, ckpts in sorted(by_model.items()):
-        ckpts.sort(key=lambda rs: rs[0]["step"])
-        latest = _primary(ckpts[-1])
-        items = [(ds, None if r["status"] == "failed" else r["value"], r.get("chance"))
-                 for ds, r in sorted(latest.items())]
-        parts.append(bar_chart(items, f"{model or 'model'} step {ckpts[-1][0]['step']}: top-1 (retrieval: "
-                                      f"image->text R@1) vs chance (red)"))
-        if len(ckpts) > 1:
-            series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-            for rows in ckpts:
-                for ds, r in _primary(rows).items():
-                    if r["status"] == "ok":
-                        series[ds].append((float(r["step"]), float(r["value"])))
-            parts.append(line_chart(dict(series), f"{model or 'model'}: top-1 by step"))
-    return "\n".join(parts)
-
-
-def _dataset_tables(rows: list[dict]) -> str:
-    by_ds: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_ds[r["dataset"]].append(r)
-    parts = ["<h2>Datasets</h2>"]
-    header = ["metric", "value", "chance", "n", "checkpoint", "step", "digest", "code version", "config hash",
-              "time", "error"]
-    for ds, ds_rows in sorted(by_ds.items()):
-        ds_rows.sort(key=lambda r: (r["model"], r["step"], r["task"], r["metric"]))
-        cells = [[escape("FAILED" if r["status"] == "failed" else r["metric"]), _num(r["value"]), _num(r["chance"]),
-                  _num(r["n"]), f"<code>{escape(r['checkpoint'])}</code>", _num(r["step"]),
-                  f"<code>{escape(r['digest'][:12])}</code>", escape(r["code_version"]), escape(r["config_hash"]),
-                  escape(r["time"]), escape(r.get("error") or "")] for r in ds_rows]
-        version = ds_rows[0].get("dataset_version", "")
-        parts.append(f"<h3 id=\"{escape(ds)}\">{escape(ds)} <small>(version {escape(str(version))})</small></h3>")
-        parts.append(_table(header, cells, ["failed" if r["status"] == "failed" else "" for r in ds_rows]))
-    return "\n".join(parts)
-
-
-def render_html(rows: list[dict], title: str) -> str:
-    """The whole page for `rows` (result rows as written by evaluation.run)."""
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    head = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
-            f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1><p>Generated {now} from {len(rows)} result rows.</p>")
-    if not rows:
-        return head + "<p>No evaluation results yet: run <code>python -m evaluation.run</code>.</p></body></html>\n"
-    by_digest = _checkpoints(rows)
-    return "\n".join([head, _provenance_section(by_digest), _charts(by_digest), _dataset_tables(rows),
-                      "</body></html>\n"])
+def site_root(root: str, cfg: DashboardConfig) -> str:
+    return cfg.output or storage.join(root, "dashboard")
 
 
 def build_dashboard(root: str, cfg: DashboardConfig) -> str:
-    """Read every result row under `root`, publish the page, return its URI."""
-    out = cfg.output or storage.join(root, "dashboard", "index.html")
-    storage.write_bytes(out, render_html(all_rows(root), cfg.title).encode())
-    return out
+    """Read every result row under `root`, publish the site, return the URI of its index.html."""
+    return build_site(root, cfg)[0]
+
+
+def build_site(root: str, cfg: DashboardConfig) -> tuple[str, Summary | None]:
+    rows = all_rows(root)
+    summary = summarize(rows, cfg) if rows else None
+    site = site_root(root, cfg)
+    generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    assets = publish_assets(site)
+    publish(storage.join(site, "data.json"),
+            (json.dumps(summary_json(summary, cfg.title, generated), indent=1) + "\n").encode(), NO_CACHE)
+    index = storage.join(site, "index.html")
+    publish(index, render_html(summary, cfg.title, assets, generated).encode(), NO_CACHE)
+    return index, summary
+
+
+def report(summary: Summary | None) -> list[str]:
+    """One line per dataset or average needing attention, for the job log."""
+    if summary is None:
+        return ["no evaluation results yet"]
+    head = (f"{summary.candidate.label} ({summary.candidate.digest[:12]}) vs baseline {summary.baseline.label} "
+            f"({summary.baseline.digest[:12]})")
+    attention = [d for d in summary.deltas if d.status in (REGRESSION, FAILED, MISSING)]
+    attention += [d for d in summary.average_deltas if d.status in (REGRESSION, INCOMPLETE)]
+    lines = [f"{d.status:<12} {d.name:<24} " + (f"{d.delta:+.3f} (tolerance {d.tolerance:.3f})"
+                                                 if d.delta is not None and d.tolerance is not None else d.note)
+             for d in attention]
+    return [head + (f": {len(lines)} to look at" if lines else ": no regression, nothing failed")] + lines
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_cli("python -m evaluation.dashboard", __doc__.split("\n\n")[0], argv,
                     {"storage": StorageConfig, "dashboard": DashboardConfig})
-    print(build_dashboard(cfg["storage"].root, cfg["dashboard"]))
+    try:
+        index, summary = build_site(cfg["storage"].root, cfg["dashboard"])
+    except ValueError as exc:  # a baseline or candidate that names no checkpoint, a bad result file
+        print(f"python -m evaluation.dashboard: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(report(summary)))
+    print(index)
     return 0
 
 

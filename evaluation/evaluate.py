@@ -1,4 +1,10 @@
-"""Evaluate one encoder on one dataset: render it, embed it, score it. Returns metric rows without provenance."""
+"""Evaluate one encoder on one dataset: render it, embed it, score it. Returns metric rows without provenance.
+
+Every row is {task, metric, value, chance, n, group, parent}: `task` is the dataset's kind (zeroshot,
+retrieval, linear_probe), `group` what the dashboard averages over, `parent` the in-distribution dataset a
+shifted variant is compared with (evaluation.robustness). A linear probe adds two rows beside its scores:
+`val_top1` (validation top-1 of the chosen C) and `C` itself (no chance level).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,9 @@ import numpy as np
 
 from evaluation import metrics
 from evaluation.config import EvalConfig
+from evaluation.linear_probe import linear_probe
 from evaluation.render import render_samples
-from evaluation.tasks import ClassificationDataset, RetrievalDataset, get_dataset
+from evaluation.tasks import ClassificationDataset, Dataset, LinearProbeDataset, RetrievalDataset, get_dataset
 
 BATCH = 64  # images per encode call: bounds memory on large evaluation sets
 
@@ -22,8 +29,9 @@ def _encode_texts(encoder: metrics.Encoder, texts: list[str]) -> np.ndarray:
     return np.concatenate(parts, axis=0)
 
 
-def _rows(task: str, scores: dict[str, float], chance: dict[str, float], n: int) -> list[dict]:
-    return [{"task": task, "metric": m, "value": v, "chance": chance.get(m), "n": n} for m, v in scores.items()]
+def _rows(ds: Dataset, scores: dict[str, float], chance: dict[str, float | None], n: int) -> list[dict]:
+    return [{"task": ds.kind, "metric": m, "value": v, "chance": chance.get(m), "n": n, "group": ds.group,
+             "parent": ds.parent} for m, v in scores.items()]
 
 
 def evaluate_classification(encoder: metrics.Encoder, ds: ClassificationDataset, cfg: EvalConfig) -> list[dict]:
@@ -31,7 +39,7 @@ def evaluate_classification(encoder: metrics.Encoder, ds: ClassificationDataset,
     image_emb = _encode_images(encoder, render_samples(samples, cfg.image_size))
     class_emb = metrics.class_embeddings(_TextBatcher(encoder), ds.prompts)
     scores = metrics.zero_shot(image_emb, class_emb, [s.label for s in samples], ds.image_classes())
-    return _rows(ds.kind, scores, metrics.zero_shot_chance(len(ds.classes)), len(samples))
+    return _rows(ds, scores, metrics.zero_shot_chance(len(ds.classes)), len(samples))
 
 
 def evaluate_retrieval(encoder: metrics.Encoder, ds: RetrievalDataset, cfg: EvalConfig) -> list[dict]:
@@ -39,14 +47,29 @@ def evaluate_retrieval(encoder: metrics.Encoder, ds: RetrievalDataset, cfg: Eval
     image_emb = _encode_images(encoder, render_samples(samples, cfg.image_size))
     text_emb = _encode_texts(encoder, [s.text for s in samples])
     scores = metrics.retrieval(image_emb, text_emb)
-    return _rows(ds.kind, scores, metrics.retrieval_chance(len(samples)), len(samples))
+    return _rows(ds, scores, metrics.retrieval_chance(len(samples)), len(samples))
+
+
+def evaluate_linear_probe(encoder: metrics.Encoder, ds: LinearProbeDataset, cfg: EvalConfig) -> list[dict]:
+    splits = {split: ds.samples(cfg.probe_samples_per_class if split != "test" else cfg.samples_per_class,
+                                cfg.seed, split) for split in ("train", "val", "test")}
+    feats = {split: _encode_images(encoder, render_samples(s, cfg.image_size)) for split, s in splits.items()}
+    labels = {split: [s.label for s in samples] for split, samples in splits.items()}
+    result = linear_probe(feats["train"], labels["train"], feats["val"], labels["val"], feats["test"],
+                          labels["test"], cfg.probe_c_grid)
+    chance: dict[str, float | None] = dict(metrics.zero_shot_chance(len(ds.image_classes())))
+    chance["val_top1"] = chance["top1"]
+    scores = {**result.test, "val_top1": result.val_top1[result.C], "C": result.C}
+    return _rows(ds, scores, chance, len(splits["test"]))
 
 
 def evaluate_dataset(encoder: metrics.Encoder, name: str, cfg: EvalConfig) -> list[dict]:
-    """Metric rows {task, metric, value, chance, n} of `encoder` on dataset `name`."""
+    """Metric rows of `encoder` on dataset `name` (see the module docstring)."""
     ds = get_dataset(name)
     if isinstance(ds, RetrievalDataset):
         return evaluate_retrieval(encoder, ds, cfg)
+    if isinstance(ds, LinearProbeDataset):
+        return evaluate_linear_probe(encoder, ds, cfg)
     return evaluate_classification(encoder, ds, cfg)
 
 

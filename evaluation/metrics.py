@@ -1,4 +1,4 @@
-"""Zero-shot classification and retrieval metrics on L2-normalised embeddings.
+"""Classification (zero-shot, linear probe) and retrieval metrics on L2-normalised embeddings.
 
 The metric code knows only the `Encoder` protocol, never the training code, so tests can check the arithmetic
 with a transparent encoder. Ties count against the model (a class scoring exactly as high as the true one
@@ -7,7 +7,8 @@ ranks above it): a constant encoder then scores 0, never a flattering chance-or-
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -49,25 +50,32 @@ def true_rank(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return at_least.sum(axis=1)
 
 
-def zero_shot(image_emb: np.ndarray, class_emb: np.ndarray, labels: Sequence[int],
-              present: Sequence[int] | None = None) -> dict[str, float]:
-    """top1, top5 (only when there are more than 5 classes) and mean per-class recall.
+def classification(scores: np.ndarray, labels: Sequence[int], present: Sequence[int] | None = None) -> dict[str, float]:
+    """top1, top5 (only when there are more than 5 classes) and mean per-class recall of a score matrix
+    (images x classes; higher = more likely).
 
     Mean per-class recall averages top-1 recall over the classes that have images (`present`, default: those
     appearing in `labels`), so datasets whose images cover only some classes are not penalised for the others.
     """
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
-        raise ValueError("zero_shot: no images")
-    scores = l2_normalise(image_emb) @ l2_normalise(class_emb).T
+        raise ValueError("classification: no images")
     rank = true_rank(scores, labels)
     out = {"top1": float(np.mean(rank < 1))}
-    if class_emb.shape[0] > 5:
+    if scores.shape[1] > 5:
         out["top5"] = float(np.mean(rank < 5))
     classes = sorted(set(labels.tolist())) if present is None else list(present)
     recalls = [float(np.mean(rank[labels == c] < 1)) for c in classes if np.any(labels == c)]
     out["mean_per_class_recall"] = float(np.mean(recalls))
     return out
+
+
+def zero_shot(image_emb: np.ndarray, class_emb: np.ndarray, labels: Sequence[int],
+              present: Sequence[int] | None = None) -> dict[str, float]:
+    """`classification` of the cosine similarities between images and class embeddings."""
+    if len(labels) == 0:
+        raise ValueError("zero_shot: no images")
+    return classification(l2_normalise(image_emb) @ l2_normalise(class_emb).T, labels, present)
 
 
 def zero_shot_chance(num_classes: int, present: int | None = None) -> dict[str, float]:

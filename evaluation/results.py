@@ -2,7 +2,7 @@
 
     <root>/eval/results/<checkpoint digest>/<dataset>.jsonl     one JSON row per metric, published atomically
 
-A row: {model, checkpoint, step, digest, dataset, dataset_version, task, metric, value, chance, n, status,
+A row: {model, checkpoint, step, digest, dataset, dataset_version, group, parent, task, metric, value, chance, n, status,
 error, code_version, config_hash, ray_job_id, time}. `status` is "ok", or "failed" for the single row recording a task that
 raised (metric "error", value null, the error text in `error`). A (checkpoint, dataset) file counts as done only
 when all its rows are ok and its config_hash matches the current settings: a rerun retries failures and
@@ -24,7 +24,7 @@ from evaluation.tasks import get_dataset
 
 
 # The headline metric of each task kind: the console table, the bar chart and the by-step chart show it.
-PRIMARY = {"zeroshot": "top1", "retrieval": "image_to_text_R@1"}
+PRIMARY = {"zeroshot": "top1", "retrieval": "image_to_text_R@1", "linear_probe": "top1"}
 
 
 @dataclass(frozen=True)

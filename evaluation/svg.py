@@ -1,88 +1,139 @@
-"""Inline SVG charts for the dashboard, written directly (no plotting library, no JavaScript)."""
+"""Inline SVG trend charts for the dashboard, drawn on the server (no plotting library, no script).
+
+Colours are presentation attributes and classes, never `style=""`, so the page's Content-Security-Policy
+(style-src 'self') holds.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from html import escape
 
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf", "#393b79", "#637939")
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22",
+           "#393b79", "#637939", "#843c39")
 
 
-def _fmt(v: float) -> str:
+@dataclass(frozen=True)
+class Point:
+    x: int
+    """Index into the chart's categories (a checkpoint in evaluation order)."""
+    y: float | None
+    kind: str
+    """ok, failed, missing or incomplete (y is then the partial mean)."""
+    series: str
+    """The line it belongs to (a model)."""
+    title: str
+    """Tooltip."""
+
+
+def _f(v: float) -> str:
     return f"{v:.1f}"
 
 
-def _y_axis(x0: float, y0: float, height: float, width: float) -> list[str]:
-    """Gridlines and labels for values 0..1 (every metric the dashboard plots is a fraction)."""
-    out = []
-    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
-        y = y0 + height * (1 - tick)
-        out.append(f'<line x1="{_fmt(x0)}" y1="{_fmt(y)}" x2="{_fmt(x0 + width)}" y2="{_fmt(y)}" stroke="#ddd"/>')
-        out.append(f'<text x="{_fmt(x0 - 4)}" y="{_fmt(y + 4)}" font-size="10" text-anchor="end">{tick:.2f}</text>')
-    return out
+def _ticks(lo: float, hi: float) -> list[float]:
+    span = hi - lo
+    step = next(s for s in (0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0) if span / s <= 5)
+    first = -(-lo // step) * step
+    return [round(first + i * step, 6) for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
-def bar_chart(items: list[tuple[str, float | None, float | None]], title: str) -> str:
-    """One bar per (label, value, chance); chance drawn as a red tick across the bar; value None = failed."""
-    bar_w, gap, left, top, height = 34, 14, 44, 28, 180
-    width = left + len(items) * (bar_w + gap) + gap
-    svg_w = max(width, left + 7 * len(title))  # room for the title when there are few bars
-    bottom = top + height
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{svg_w}" height="{bottom + 120}" '
-             f'role="img" aria-label="{escape(title)}">',
-             f'<text x="{left}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>']
-    parts += _y_axis(left, top, height, width - left)
-    for i, (label, value, chance) in enumerate(items):
-        x = left + gap + i * (bar_w + gap)
-        if value is None:
-            parts.append(f'<text x="{_fmt(x + bar_w / 2)}" y="{_fmt(bottom - 4)}" font-size="10" fill="#b00" '
-                         f'text-anchor="middle">failed</text>')
-        else:
-            h = height * max(0.0, min(1.0, value))
-            parts.append(f'<rect x="{_fmt(x)}" y="{_fmt(bottom - h)}" width="{bar_w}" height="{_fmt(h)}" '
-                         f'fill="{PALETTE[0]}"><title>{escape(label)}: {value:.3f}</title></rect>')
-            parts.append(f'<text x="{_fmt(x + bar_w / 2)}" y="{_fmt(bottom - h - 3)}" font-size="9" '
-                         f'text-anchor="middle">{value:.2f}</text>')
-        if chance is not None:
-            y = bottom - height * chance
-            parts.append(f'<line x1="{_fmt(x - 3)}" y1="{_fmt(y)}" x2="{_fmt(x + bar_w + 3)}" y2="{_fmt(y)}" '
-                         f'stroke="#d62728" stroke-width="2"><title>chance {chance:.3f}</title></line>')
-        lx, ly = x + bar_w / 2, bottom + 8
-        parts.append(f'<text x="{_fmt(lx)}" y="{_fmt(ly)}" font-size="10" text-anchor="end" '
-                     f'transform="rotate(-50 {_fmt(lx)} {_fmt(ly)})">{escape(label)}</text>')
-    parts.append(f'<line x1="{left}" y1="{bottom}" x2="{width}" y2="{bottom}" stroke="#333"/>')
-    parts.append("</svg>")
-    return "\n".join(parts)
+def _y_range(values: list[float]) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    pad = max(0.02, (hi - lo) * 0.12)
+    lo, hi = max(0.0, lo - pad), min(1.0, hi + pad) if hi <= 1.0 else hi + pad
+    if hi - lo < 0.05:  # a flat series: widen downwards when it sits at the top of 0..1
+        lo, hi = (max(0.0, hi - 0.05), hi) if hi >= 1.0 else (lo, lo + 0.05)
+    return lo, hi
 
 
-def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label: str = "step") -> str:
-    """One polyline per series of (x, y) points, y in 0..1, with a legend."""
-    left, top, plot_w, height, legend_w = 44, 28, 420, 180, 170
-    xs = sorted({x for pts in series.values() for x, _ in pts}) or [0.0]
-    x_min, x_max = xs[0], xs[-1]
-    span = (x_max - x_min) or 1.0
-    bottom = top + height
+def trend_chart(title: str, categories: list[str], nights: list[str], points: list[Point],
+                colours: dict[str, str], reference: float | None = None, band: float | None = None,
+                chance: float | None = None, highlight: int | None = None, label: str = "") -> str:
+    """One small multiple: a line per series over the categories, failures as red crosses on the x axis.
 
-    def px(x: float) -> float:
-        return left + plot_w * (x - x_min) / span if x_max > x_min else left + plot_w / 2
+    `reference` +- `band` is the baseline and its tolerance (a shaded band); `chance` a dotted red line;
+    `highlight` the candidate's category (a ring); nights change where `nights[i] != nights[i-1]`."""
+    left, right, top, plot_h, bottom_pad = 36, 10, 22, 104, 34
+    n = max(1, len(categories))
+    step_w = max(16.0, min(70.0, 330.0 / n))
+    plot_w = step_w * n
+    width, height = left + plot_w + right, top + plot_h + bottom_pad
+    values = [p.y for p in points if p.y is not None and p.kind in ("ok", "incomplete")]
+    values += [v for v in (reference, chance) if v is not None]
+    if reference is not None and band:
+        values += [reference - band, reference + band]
+    lo, hi = _y_range(values or [0.0, 1.0])
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + plot_w + legend_w}" '
-             f'height="{max(bottom + 40, top + 16 * len(series) + 10)}" role="img" aria-label="{escape(title)}">',
-             f'<text x="{left}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>']
-    parts += _y_axis(left, top, height, plot_w)
-    for x in xs:
-        parts.append(f'<text x="{_fmt(px(x))}" y="{bottom + 14}" font-size="10" text-anchor="middle">{x:g}</text>')
-    parts.append(f'<text x="{left + plot_w / 2}" y="{bottom + 30}" font-size="11" text-anchor="middle">'
-                 f'{escape(x_label)}</text>')
-    for i, (name, pts) in enumerate(sorted(series.items())):
-        colour = PALETTE[i % len(PALETTE)]
-        coords = " ".join(f"{_fmt(px(x))},{_fmt(bottom - height * y)}" for x, y in sorted(pts))
-        parts.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2">'
-                     f'<title>{escape(name)}</title></polyline>')
-        for x, y in pts:
-            parts.append(f'<circle cx="{_fmt(px(x))}" cy="{_fmt(bottom - height * y)}" r="3" fill="{colour}"/>')
-        ly = top + 16 * i
-        parts.append(f'<rect x="{left + plot_w + 12}" y="{ly - 8}" width="10" height="10" fill="{colour}"/>')
-        parts.append(f'<text x="{left + plot_w + 26}" y="{ly + 1}" font-size="10">{escape(name)}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
+    def px(i: int) -> float:
+        return left + step_w * (i + 0.5)
+
+    def py(v: float) -> float:
+        return top + plot_h * (1 - (min(max(v, lo), hi) - lo) / (hi - lo))
+
+    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{_f(width)}" height="{height}" '
+            f'viewBox="0 0 {_f(width)} {height}" role="img" aria-label="{escape(label or title)}">'),
+           f'<text x="{left}" y="14" class="chart-title">{escape(title)}</text>']
+    for t in _ticks(lo, hi):
+        y = py(t)
+        out.append(f'<line x1="{left}" y1="{_f(y)}" x2="{_f(left + plot_w)}" y2="{_f(y)}" class="gridline"/>')
+        out.append(f'<text x="{left - 4}" y="{_f(y + 3)}" class="tick" text-anchor="end">{t:.2f}</text>')
+    for i in range(1, len(nights)):
+        if nights[i] != nights[i - 1]:
+            x = left + step_w * i
+            out.append(f'<line x1="{_f(x)}" y1="{top}" x2="{_f(x)}" y2="{top + plot_h}" class="night-edge">'
+                       f'<title>night {escape(nights[i])}</title></line>')
+    if reference is not None:
+        if band:
+            y0, y1 = py(reference + band), py(reference - band)
+            out.append(f'<rect x="{left}" y="{_f(y0)}" width="{_f(plot_w)}" height="{_f(max(0.5, y1 - y0))}" '
+                       f'class="band"><title>baseline {reference:.3f} +- {band:.3f}</title></rect>')
+        out.append(f'<line x1="{left}" y1="{_f(py(reference))}" x2="{_f(left + plot_w)}" y2="{_f(py(reference))}" '
+                   f'class="baseline"><title>baseline {reference:.3f}</title></line>')
+    if chance is not None and lo <= chance <= hi:
+        out.append(f'<line x1="{left}" y1="{_f(py(chance))}" x2="{_f(left + plot_w)}" y2="{_f(py(chance))}" '
+                   f'class="chance"><title>chance {chance:.3f}</title></line>')
+    if highlight is not None:
+        out.append(f'<rect x="{_f(left + step_w * highlight)}" y="{top}" width="{_f(step_w)}" height="{plot_h}" '
+                   f'class="candidate-col"><title>candidate</title></rect>')
+    def yv(p: Point) -> float:
+        return py(p.y if p.y is not None else lo)
+
+    for series in sorted({p.series for p in points}):
+        colour = colours.get(series, PALETTE[0])
+        mine = sorted((p for p in points if p.series == series), key=lambda p: p.x)
+        segments: list[list[Point]] = [[]]
+        for p in mine:  # a line never bridges a failed or missing evaluation
+            if p.kind == "ok":
+                segments[-1].append(p)
+            elif segments[-1]:
+                segments.append([])
+        for seg in segments:
+            if len(seg) > 1:
+                coords = " ".join(f"{_f(px(q.x))},{_f(yv(q))}" for q in seg)
+                out.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for p in mine:
+            x, tip = px(p.x), f"<title>{escape(p.title)}</title>"
+            if p.kind == "ok":
+                ring = (f'<circle cx="{_f(x)}" cy="{_f(yv(p))}" r="6" fill="none" stroke="{colour}" '
+                        f'stroke-width="1.5"/>') if p.x == highlight else ""
+                out.append(f'<circle cx="{_f(x)}" cy="{_f(yv(p))}" r="3" fill="{colour}">{tip}</circle>{ring}')
+            elif p.kind == "incomplete":
+                out.append(f'<circle cx="{_f(x)}" cy="{_f(yv(p))}" r="3.5" fill="#fff" stroke="{colour}" '
+                           f'stroke-dasharray="2 1.5" class="incomplete-mark">{tip}</circle>')
+            elif p.kind == "failed":
+                y = top + plot_h - 5
+                out.append(f'<path d="M{_f(x - 4)},{_f(y - 4)}L{_f(x + 4)},{_f(y + 4)}M{_f(x - 4)},{_f(y + 4)}'
+                           f'L{_f(x + 4)},{_f(y - 4)}" class="failed-mark">{tip}</path>')
+            else:
+                out.append(f'<circle cx="{_f(x)}" cy="{_f(top + plot_h - 5)}" r="3" class="missing-mark">'
+                           f'{tip}</circle>')
+    every = max(1, -(-len(categories) // 8))
+    for i, cat in enumerate(categories):
+        if i % every == 0 or i == highlight:
+            out.append(f'<text x="{_f(px(i))}" y="{top + plot_h + 13}" class="tick" text-anchor="middle">'
+                       f'{escape(cat)}</text>')
+    out.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{_f(left + plot_w)}" y2="{top + plot_h}" class="axis"/>')
+    out.append(f'<text x="{_f(left + plot_w / 2)}" y="{height - 4}" class="tick" text-anchor="middle">'
+               f'step (checkpoints in evaluation order)</text>')
+    out.append("</svg>")
+    return "\n".join(out)

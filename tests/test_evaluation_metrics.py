@@ -1,4 +1,5 @@
-"""Metric arithmetic on hand-built embeddings: prompt ensembles, zero-shot top-1/top-5/per-class recall, R@k."""
+"""Metric arithmetic on hand-built embeddings: prompt ensembles, zero-shot top-1/top-5/per-class recall, R@k;
+robustness rows from hand-built result rows."""
 
 from __future__ import annotations
 
@@ -87,3 +88,59 @@ def test_retrieval_recall_at_k_both_directions():
     assert metrics.retrieval_chance(20)["text_to_image_R@5"] == 0.25
     with pytest.raises(ValueError, match="3 images but 2 texts"):
         metrics.retrieval(np.eye(3), np.eye(3)[:2])
+
+
+def _row(digest: str, dataset: str, task: str, metric: str, value: float, chance: float | None = None, **kw) -> dict:
+    return {"digest": digest, "step": 1, "model": "m", "dataset": dataset, "dataset_version": "1", "task": task,
+            "metric": metric, "value": value, "chance": chance, "n": 10, "status": "ok", "error": None, **kw}
+
+
+def test_robustness_rows_relate_each_shift_to_its_parent():
+    from evaluation.robustness import robustness_rows
+
+    rows = [
+        _row("a", "shape", "zeroshot", "top1", 0.8, 1 / 6, parent=""),
+        _row("a", "shape", "zeroshot", "top5", 0.9, 5 / 6, parent=""),
+        _row("a", "shape_noise", "zeroshot", "top1", 0.6, 1 / 6, parent="shape"),
+        _row("a", "shape_noise", "zeroshot", "top5", 0.7, 5 / 6, parent="shape"),  # not a headline metric
+        _row("a", "probe_shape", "linear_probe", "top1", 0.9, 1 / 6, parent=""),
+        _row("a", "probe_shape_noise", "linear_probe", "top1", 0.45, 1 / 6, parent="probe_shape"),
+        _row("a", "retrieval", "retrieval", "text_to_image_R@1", 0.5, 0.005, parent=""),
+        _row("a", "retrieval_noise", "retrieval", "text_to_image_R@1", 0.25, 0.005, parent="retrieval"),
+        _row("a", "shape_blur", "zeroshot", "top1", 0.1, 1 / 6),  # no parent field: the registry's (shape)
+        {**_row("a", "shape_rotate", "zeroshot", "error", 0.0, parent="shape"), "status": "failed", "value": None},
+        _row("b", "shape_noise", "zeroshot", "top1", 0.5, 1 / 6, parent="shape"),  # b has no parent row
+    ]
+    out = {(r["dataset"], r["metric"]): r for r in robustness_rows(rows)}
+    assert set(out) == {(d, f"{p}_{s}") for d, p in (("shape_noise", "zeroshot_top1"),
+                                                     ("probe_shape_noise", "linear_probe_top1"),
+                                                     ("retrieval_noise", "retrieval_text_to_image_R@1"),
+                                                     ("shape_blur", "zeroshot_top1"))
+                        for s in ("drop", "ratio", "above_chance_ratio")}
+    noise = {m: r["value"] for (d, m), r in out.items() if d == "shape_noise"}
+    assert noise == pytest.approx({"zeroshot_top1_drop": 0.2, "zeroshot_top1_ratio": 0.75,
+                                   "zeroshot_top1_above_chance_ratio": (0.6 - 1 / 6) / (0.8 - 1 / 6)})
+    r = out[("probe_shape_noise", "linear_probe_top1_ratio")]
+    assert r["value"] == pytest.approx(0.5) and r["parent"] == "probe_shape" and r["task"] == "robustness"
+    assert (r["shifted"], r["in_distribution"], r["of_task"], r["of_metric"]) == (0.45, 0.9, "linear_probe", "top1")
+    assert (r["digest"], r["step"], r["model"], r["chance"], r["status"]) == ("a", 1, "m", None, "ok")
+    assert out[("retrieval_noise", "retrieval_text_to_image_R@1_ratio")]["value"] == pytest.approx(0.5)
+    # Below chance under the shift: a negative share of the margin survives.
+    assert out[("shape_blur", "zeroshot_top1_above_chance_ratio")]["value"] < 0
+
+
+def test_effective_robustness_against_a_baseline_trend():
+    from evaluation.robustness import robustness_rows
+
+    rows = [_row("a", "shape", "zeroshot", "top1", 0.8, 1 / 6, parent=""),
+            _row("a", "shape_noise", "zeroshot", "top1", 0.6, 1 / 6, parent="shape"),
+            _row("a", "colour", "zeroshot", "top1", 0.9, 1 / 8, parent=""),
+            _row("a", "colour_noise", "zeroshot", "top1", 0.9, 1 / 8, parent="colour")]
+    # Baseline models lose exactly nothing on shape (logit line = identity), so a predicts 0.8 and is 0.2
+    # below the trend; colour has a single baseline point, too few for a line: no effective row.
+    baseline = [_row(d, ds, "zeroshot", "top1", v, parent=p) for d, ds, v, p in (
+        ("x", "shape", 0.5, ""), ("x", "shape_noise", 0.5, "shape"), ("y", "shape", 0.9, ""),
+        ("y", "shape_noise", 0.9, "shape"), ("x", "colour", 0.5, ""), ("x", "colour_noise", 0.4, "colour"))]
+    out = {(r["dataset"], r["metric"]): r["value"] for r in robustness_rows(rows, baseline)}
+    assert out[("shape_noise", "zeroshot_top1_effective")] == pytest.approx(-0.2)
+    assert ("colour_noise", "zeroshot_top1_effective") not in out and ("colour_noise", "zeroshot_top1_ratio") in out

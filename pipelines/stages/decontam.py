@@ -97,7 +97,7 @@ class DecontamConfig:
     def dataset_names(self) -> list[str]:
         from evaluation.tasks import DATASETS
 
-        return list(self.tasks) or list(DATASETS)
+        return list(self.tasks) or [n for n, d in DATASETS.items() if d.kind != "linear_probe"]
 
 
 def fingerprint_dataset(name: str, cfg_dict: dict) -> list[dict]:
