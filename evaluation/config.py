@@ -16,6 +16,17 @@ class EvalConfig:
     step of that run (for top-1-by-step curves); otherwise a step-dir or run-dir URI."""
     tasks: list[str] = field(default_factory=list)
     """Datasets to evaluate (names from evaluation.tasks.DATASETS); empty = all of them."""
+    procedural: bool = True
+    """Evaluate the offline procedural suite (evaluation.tasks); false = only the external datasets."""
+    external: list[str] = field(default_factory=list)
+    """External benchmark datasets (evaluation.registry names, or suite:datacomp / suite:clip / suite:all), each
+    read from <external_root>/<name>/; nothing is downloaded."""
+    external_root: str = ""
+    """Folder (local or s3://) holding one sub-folder per external dataset; "" = <storage.root>/evalsets."""
+    external_limit: int = 0
+    """Score only the first N images of each external dataset (0 = all): a smoke test of a new layout."""
+    batch_size: int = 64
+    """Images per encode call on external datasets (bounds memory: one batch of decoded images at a time)."""
     samples_per_class: int = 20
     """Images rendered per class for each classification dataset."""
     retrieval_pairs: int = 200
@@ -46,7 +57,14 @@ class EvalConfig:
         unknown = [t for t in self.tasks if t not in DATASETS]
         if unknown:
             raise ValueError(f"evaluation.tasks: unknown dataset {unknown[0]!r} (known: {', '.join(DATASETS)})")
-        for name in ("samples_per_class", "probe_samples_per_class", "retrieval_pairs", "image_size"):
+        from evaluation.catalog import expand_external
+
+        expand_external(self.external)  # raises with the field's name on an unknown dataset or suite
+        if self.external_limit < 0:
+            raise ValueError(f"evaluation.external_limit: must be >= 0, got {self.external_limit}")
+        if not self.procedural and not self.external:
+            raise ValueError("evaluation.procedural is false and evaluation.external is empty: nothing to evaluate")
+        for name in ("batch_size", "samples_per_class", "probe_samples_per_class", "retrieval_pairs", "image_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"evaluation.{name}: must be at least 1, got {getattr(self, name)}")
         if not self.probe_c_grid or min(self.probe_c_grid) <= 0:
@@ -63,10 +81,17 @@ class EvalConfig:
     def dataset_names(self) -> list[str]:
         from evaluation.tasks import DATASETS
 
-        return list(self.tasks) or list(DATASETS)
+        from evaluation.catalog import expand_external
+
+        procedural = (list(self.tasks) or list(DATASETS)) if self.procedural else []
+        return procedural + expand_external(self.external)
 
     def data_settings(self) -> dict:
         """The settings that change what a dataset contains (hashed into each result row's config_hash)."""
         return {"samples_per_class": self.samples_per_class, "retrieval_pairs": self.retrieval_pairs,
                 "image_size": self.image_size, "seed": self.seed,
                 "probe_samples_per_class": self.probe_samples_per_class, "probe_c_grid": list(self.probe_c_grid)}
+
+    def external_settings(self) -> dict:
+        """What decides an external dataset's result: where it was read from and how much of it."""
+        return {"external_root": self.external_root, "external_limit": self.external_limit}

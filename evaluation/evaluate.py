@@ -63,14 +63,33 @@ def evaluate_linear_probe(encoder: metrics.Encoder, ds: LinearProbeDataset, cfg:
     return _rows(ds, scores, chance, len(splits["test"]))
 
 
-def evaluate_dataset(encoder: metrics.Encoder, name: str, cfg: EvalConfig) -> list[dict]:
-    """Metric rows of `encoder` on dataset `name` (see the module docstring)."""
+def evaluate_dataset(encoder: metrics.Encoder, name: str, cfg: EvalConfig, external_root: str = "") -> list[dict]:
+    """Metric rows of `encoder` on dataset `name` (see the module docstring); an external (registry) dataset is
+    read from <external_root>/<name>/."""
+    from evaluation.catalog import info
+
+    if info(name).external:
+        return evaluate_external_dataset(encoder, name, cfg, external_root)
     ds = get_dataset(name)
     if isinstance(ds, RetrievalDataset):
         return evaluate_retrieval(encoder, ds, cfg)
     if isinstance(ds, LinearProbeDataset):
         return evaluate_linear_probe(encoder, ds, cfg)
     return evaluate_classification(encoder, ds, cfg)
+
+
+def evaluate_external_dataset(encoder: metrics.Encoder, name: str, cfg: EvalConfig, external_root: str) -> list[dict]:
+    """Rows of evaluation.external with the task kinds and groups the procedural rows carry; `main` is kept."""
+    from evaluation.catalog import info
+    from evaluation.external import evaluate_external
+    from pipelines import storage
+
+    if not external_root:
+        raise ValueError(f"{name}: external dataset but no external root (evaluation.external_root)")
+    ds = info(name)
+    rows = evaluate_external(encoder, name, storage.join(external_root, name), batch_size=cfg.batch_size,
+                             limit=cfg.external_limit or None)
+    return [{**r, "task": ds.kind, "group": ds.group, "parent": ""} for r in rows]
 
 
 class _TextBatcher:

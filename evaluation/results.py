@@ -20,7 +20,7 @@ from pipelines import storage
 from pipelines.config import config_hash
 from pipelines.version import code_version, ray_job_id
 from evaluation.config import EvalConfig
-from evaluation.tasks import get_dataset
+from evaluation.catalog import info
 
 
 # The headline metric of each task kind: the console table, the bar chart and the by-step chart show it.
@@ -46,12 +46,14 @@ def result_uri(root: str, digest: str, dataset: str) -> str:
 
 def dataset_hash(cfg: EvalConfig, dataset: str) -> str:
     """Hash of everything that decides a dataset's contents: the render settings and the dataset's version."""
-    return config_hash({**cfg.data_settings(), "dataset": dataset, "dataset_version": get_dataset(dataset).version})
+    ds = info(dataset)
+    settings = cfg.external_settings() if ds.external else cfg.data_settings()
+    return config_hash({**settings, "dataset": dataset, "dataset_version": ds.version})
 
 
 def _provenance(ckpt: CheckpointRef, dataset: str, cfg: EvalConfig) -> dict:
     return {"model": ckpt.model, "checkpoint": ckpt.uri, "step": ckpt.step, "digest": ckpt.digest,
-            "dataset": dataset, "dataset_version": get_dataset(dataset).version, "code_version": code_version(),
+            "dataset": dataset, "dataset_version": info(dataset).version, "code_version": code_version(),
             "config_hash": dataset_hash(cfg, dataset), "ray_job_id": ray_job_id(),
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
@@ -62,8 +64,8 @@ def ok_rows(ckpt: CheckpointRef, dataset: str, cfg: EvalConfig, metrics: list[di
 
 
 def failed_row(ckpt: CheckpointRef, dataset: str, cfg: EvalConfig, error: str) -> list[dict]:
-    kind = get_dataset(dataset).kind
-    return [{**_provenance(ckpt, dataset, cfg), "task": kind, "metric": "error", "value": None, "chance": None,
+    ds = info(dataset)
+    return [{**_provenance(ckpt, dataset, cfg), "task": ds.kind, "group": ds.group, "metric": "error", "value": None, "chance": None,
              "n": 0, "status": "failed", "error": error}]
 
 

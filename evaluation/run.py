@@ -81,12 +81,13 @@ def resolve_checkpoints(root: str, run: str, spec: str) -> list[CheckpointRef]:
     return [checkpoint_ref(spec)]
 
 
-def _evaluate_task(loader: Loader, uri: str, digest: str, dataset: str, cfg: EvalConfig) -> list[dict]:
+def _evaluate_task(loader: Loader, uri: str, digest: str, dataset: str, cfg: EvalConfig,
+                   external_root: str = "") -> list[dict]:
     model = loader(uri)
     loaded = getattr(model, "digest", digest)
     if loaded != digest:  # the step dir was overwritten between resolving and loading it
         raise RuntimeError(f"{uri}: loaded weights have digest {loaded}, expected {digest}")
-    return evaluate_dataset(model, dataset, cfg)
+    return evaluate_dataset(model, dataset, cfg, external_root)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -128,7 +129,8 @@ def evaluate(cfg: dict[str, Any], loader: Loader = default_loader,
                                "max_retries": ec.max_retries, **storage.ray_task_options()}
     task = ray.remote(_evaluate_task).options(**options)
     changed: list[dict] = []
-    pending = {task.remote(loader, ckpt.uri, ckpt.digest, ds, ec): (ckpt, ds) for ckpt, ds in todo}
+    external_root = ec.external_root or storage.join(root, "evalsets")
+    pending = {task.remote(loader, ckpt.uri, ckpt.digest, ds, ec, external_root): (ckpt, ds) for ckpt, ds in todo}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         ckpt, ds = pending.pop(done[0])
@@ -159,7 +161,7 @@ def table(rows: list[dict]) -> str:
     for r in sorted(rows, key=lambda r: (r["step"], r["dataset"])):
         if r["status"] == "failed":
             lines.append(f"{r['step']:>8}  {r['dataset']:<22} {'FAILED':<18} {'':>7} {'':>7}  {r['error'][:60]}")
-        elif r["metric"] == PRIMARY.get(r["task"]):
+        elif r.get("main", r["metric"] == PRIMARY.get(r["task"])):  # external rows flag their main metric
             lines.append(f"{r['step']:>8}  {r['dataset']:<22} {r['metric']:<18} {r['chance']:>7.3f} {r['value']:>7.3f}")
     return "\n".join(lines)
 

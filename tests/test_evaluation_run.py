@@ -207,3 +207,49 @@ def test_watch_gives_up_after_the_idle_timeout(tmp_path):
 
     assert watch(cfg, OracleLoader(), clock=lambda: now[0], sleep=sleep) == []
     assert naps == [10, 10, 10, 10]  # 40 s >= 35 s idle: stop at the fifth look
+
+
+def _write_colour_folder(root, colours: list[str], per_class: int = 2) -> None:
+    """An image-folder layout (evaluation.adapters): grey images with a square of the class's colour."""
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    (root / "classnames.txt").write_text("\n".join(colours) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c} thing.\n")
+    for label, colour in enumerate(colours):
+        folder = root / "test" / str(label)
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            im = Image.new("RGB", (32, 32), (128, 128, 128))
+            im.paste(tuple(COLOURS[colour]), (8 + i, 8, 20 + i, 20))
+            im.save(folder / f"{i}.png")
+
+
+def test_external_datasets_run_beside_the_procedural_suite(ray_local, tmp_path):
+    """A registry dataset read from <external_root>/<name>/ (image-folder layout, the data's own class names and
+    templates) is one more Ray task: scored exactly, rows carry its group and main metric, reruns skip it."""
+    root = str(tmp_path / "root")
+    _write_colour_folder(tmp_path / "root" / "evalsets" / "imagenet1k", ["red", "green", "blue"])
+    cfg = _cfg(root, external=["imagenet1k"])
+    cfg["evaluation"].tasks = ["colour"]
+    out = evaluate(cfg, OracleLoader(), [CKPT])
+    assert sorted(out.evaluated) == [(CKPT.digest, "colour"), (CKPT.digest, "imagenet1k")] and not out.failed
+    rows = {r["metric"]: r for r in read_rows(result_uri(root, CKPT.digest, "imagenet1k"))}
+    assert rows["top1"]["value"] == 1.0 and rows["top1"]["main"] and rows["top1"]["n"] == 6
+    assert rows["top1"]["task"] == "zeroshot" and rows["top1"]["group"] == "imagenet-robustness"
+    assert rows["top1"]["dataset_version"] == "ext1"
+    cb = storage.read_json(f"{root}/eval/clip_benchmark/{CKPT.digest}/imagenet1k.json")
+    assert cb["task"] == "zeroshot_classification" and cb["metrics"]["acc1"] == 1.0
+    assert evaluate(cfg, OracleLoader(), [CKPT]).skipped == [(CKPT.digest, "colour"), (CKPT.digest, "imagenet1k")]
+    # A missing dataset folder is a failed row naming the path; the suite still finishes.
+    cfg["evaluation"].external = ["imagenet1k", "cifar10"]
+    out = evaluate(cfg, OracleLoader(), [CKPT])
+    assert out.failed == [(CKPT.digest, "cifar10")] and "cifar10" in out.rows[-1]["error"]
+
+
+def test_external_config_is_checked():
+    with pytest.raises(ValueError, match="evaluation.external: unknown dataset 'nope'"):
+        EvalConfig(external=["nope"])
+    with pytest.raises(ValueError, match="unknown suite"):
+        EvalConfig(external=["suite:nope"])
+    assert len(EvalConfig(external=["suite:datacomp"], procedural=False).dataset_names()) == 38
