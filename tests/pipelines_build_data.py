@@ -25,6 +25,7 @@ TINY_MODEL = {"embed_dim": 16, "image_size": 32, "patch_size": 8, "vision_width"
               "vision_heads": 2, "vocab_size": 300, "context_length": 16, "text_width": 32, "text_layers": 1,
               "text_heads": 2}
 MAX_SHARD_BYTES = 40_960
+EVAL_TASKS = ["colour", "shape", "heldout_combo", "retrieval"]
 
 
 def tiny_config(folder: Path, root: str, web_dir: str, port: int) -> str:
@@ -36,11 +37,14 @@ def tiny_config(folder: Path, root: str, web_dir: str, port: int) -> str:
         # The synthetic web is served on loopback, which the downloader's SSRF guard refuses unless allowed.
         "pipeline": {"download": {"thread_count": 8, "allow_private": [f"127.0.0.1:{port}"]},
                      "filter": {"keep_rejected": True},
-                     "shard": {"samples_per_shard": 25, "max_shard_bytes": MAX_SHARD_BYTES}},
+                     "shard": {"samples_per_shard": 25, "max_shard_bytes": MAX_SHARD_BYTES},
+                     # Decontaminate against what this config evaluates, rendered as evaluation renders it.
+                     "decontam": {"tasks": EVAL_TASKS, "samples_per_class": 2, "retrieval_pairs": 10,
+                                  "image_size": 40}},
         "training": {"model": TINY_MODEL, "steps": 3, "batch_size": 8, "warmup_steps": 1, "log_every": 1,
                      "shuffle_buffer": 20},
         "evaluation": {"samples_per_class": 2, "retrieval_pairs": 10, "image_size": 40,
-                       "tasks": ["colour", "shape", "heldout_combo", "retrieval"]},
+                       "tasks": EVAL_TASKS},
     }
     path = Path(folder) / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
