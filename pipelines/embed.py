@@ -161,7 +161,9 @@ def _compute(jobs: list[tuple[str, str, list[dict]]], cfg: EmbedConfig, checkpoi
     from ray.util import ActorPool
 
     device = "cuda" if cfg.num_gpus else "cpu"
-    actor = ray.remote(Embedder).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, **ray_task_options())
+    # A killed actor is restarted (model reloaded) and its in-flight part recomputed: parts publish atomically.
+    actor = ray.remote(Embedder).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, max_restarts=2,
+                                         max_task_retries=2, **ray_task_options())
     actors = [actor.remote(checkpoint_uri, device, int(cfg.num_cpus)) for _ in range(_actor_count(cfg, len(jobs)))]
     try:
         pool = ActorPool(actors)

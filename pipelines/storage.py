@@ -6,6 +6,14 @@ AWS_ENDPOINT_URL or FSSPEC_S3_ENDPOINT_URL for MinIO/moto/other S3 servers).
 Publishing is atomic everywhere: a reader sees a whole object under its final name or nothing.
 - S3: a PUT (single or multipart) only becomes visible when it completes, so we write the final key directly.
 - Local files: write to a hidden temporary name in the same directory, fsync, then os.replace.
+
+Throttling and transient S3 errors (503 SlowDown, 500, timeouts) are retried: botocore's "standard" retry mode
+(exponential backoff with full jitter, capped at 20 s), 10 attempts per request, inside s3fs, which repeats a
+call that still fails with SlowDown or a connection error (5 calls in all). AWS_RETRY_MODE ("standard",
+"adaptive": plus client-side rate limiting, "legacy") and AWS_MAX_ATTEMPTS override the two values and travel to
+Ray and Spark workers with the other AWS_ variables; botocore reads them too in clients that libraries create
+themselves (img2dataset's writers), which otherwise keep botocore's default (legacy, 5 attempts).
+tests/test_faults_s3.py runs the chain behind a proxy that answers a share of requests with 503 SlowDown.
 """
 
 from __future__ import annotations
@@ -62,9 +70,22 @@ def ray_task_options() -> dict:
     return {"runtime_env": {"env_vars": env}} if env else {}
 
 
+S3_RETRY_MODE, S3_MAX_ATTEMPTS = "standard", 10
+
+
 def _s3_options() -> dict[str, Any]:
     endpoint = os.environ.get("FSSPEC_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    attempts = os.environ.get("AWS_MAX_ATTEMPTS", str(S3_MAX_ATTEMPTS))
+    if not attempts.isdigit() or int(attempts) < 1:
+        raise ValueError(f"AWS_MAX_ATTEMPTS: expected a positive integer, got {attempts!r}")
+    # Explicit, because botocore's default ("legacy", 5 attempts) differs between SDK versions and tools.
+    options: dict[str, Any] = {"config_kwargs": {"retries": {
+        "mode": os.environ.get("AWS_RETRY_MODE", S3_RETRY_MODE), "total_max_attempts": int(attempts)}}}
+    if endpoint:
+        # A top-level argument, so it overrides the endpoint fsspec's config read from the environment when it
+        # was imported (a long-lived Spark or Ray worker's), instead of clashing with it in s3fs.
+        options["endpoint_url"] = endpoint
+    return options
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:

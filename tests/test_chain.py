@@ -1,8 +1,9 @@
 """The whole chain at tiny scale through the real entry points: synthetic web -> build (Spark, img2dataset, Ray)
--> DeepSpeed training in Ray Train -> Ray evaluation -> dashboard, on an S3 server (the harder of the two roots;
-file:// is the same code path, run by the killed-build test below and the stage tests). Plus the resume
-acceptance: a build SIGKILLed five times at seeded random points (driver, Ray processes and Spark's JVM) and
-rerun each time ends with exactly the sample set of an uninterrupted build."""
+-> DeepSpeed training in Ray Train -> Ray evaluation -> dashboard: `run_chain` and `check_outputs`, which
+tests/test_faults_s3.py runs on an S3 server behind a proxy that throttles a share of requests (file:// is the
+same code path, run by the killed-build test below and the stage tests). Here: the resume acceptance, a build
+SIGKILLed five times at seeded random points (driver, Ray processes and Spark's JVM) and rerun each time ends
+with exactly the sample set of an uninterrupted build."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import psutil
 import pytest
-from conftest import REPO, free_port
+from conftest import REPO
 
 from pipelines import explain, layout, storage
 from pipelines.schema import load_manifest
@@ -67,25 +68,6 @@ def check_outputs(out: dict, root: str) -> None:
         assert all(key in r for r in rows), key
     html = storage.read_bytes(out["dashboard"]).decode()
     assert "<svg" in html and "heldout_combo" in html
-
-
-def test_chain_on_s3_root(tmp_path, s3_bucket, ray_local, spark, capsys):
-    root = s3_bucket + "/witforge"
-    config = tiny_config(tmp_path, root, str(tmp_path / "web"), free_port())
-    out = run_chain(config, capsys)
-    check_outputs(out, root)
-    assert not os.path.exists(tmp_path / "data")  # nothing went to local disk but the synthetic web itself
-    version = out["manifest"].rsplit("/", 1)[0]
-    kept = sample_uids(out["manifest"])[0]
-    report = explain.explain(version, kept)  # lineage reads S3 through the same code path
-    assert report["outcome"]["status"] == "kept" and report["outcome"]["shard"].startswith("s3://")
-    assert [s["stage"] for s in report["stages"]][:4] == ["extract", "download", "filter", "dedupe"]
-    # A second build with the same config finds the version built and changes nothing.
-    before = storage.read_bytes(out["manifest"])
-    from pipelines import build
-
-    assert build.main(["--config", config]) == 0
-    assert storage.read_bytes(out["manifest"]) == before
 
 
 # The resume acceptance: five kills at seeded random points, then a final uninterrupted rerun.

@@ -141,13 +141,17 @@ def load_clip(uri: str, device: str = "cpu") -> LoadedCLIP:
     cfg = CLIPConfig.from_json(storage.read_json(storage.join(uri, "model_config.json")))
     tokenizer = CaptionTokenizer.load(storage.join(uri, "tokenizer.json"), cfg.context_length)
     model = CLIP(cfg, eot_id=tokenizer.eot_id)
-    try:
-        state = st_load(blob)
-    except SafetensorError as exc:
-        raise CheckpointError(f"{uri}/model.safetensors: not a readable safetensors file ({exc})") from exc
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(_tensors(blob, uri, "model.safetensors"), strict=True)
     model.to(device).eval()
     return LoadedCLIP(model, tokenizer, meta, uri, device)
+
+
+def _tensors(blob: bytes, uri: str, name: str) -> dict[str, torch.Tensor]:
+    """Parse safetensors bytes; anything else (a pickle, a torch.save zip) is refused, never deserialised."""
+    try:
+        return st_load(blob)
+    except SafetensorError as exc:
+        raise CheckpointError(f"{uri}/{name}: not a readable safetensors file ({exc})") from exc
 
 
 TRAINING_FILES = ("optimizer.safetensors", "trainer_state.json")
@@ -167,8 +171,9 @@ class TrainingState:
         blob = storage.read_bytes(storage.join(uri, "model.safetensors"))
         if hashlib.sha256(blob).hexdigest() != self.meta.get("digest"):
             raise CheckpointError(f"{uri}/model.safetensors does not match the digest in meta.json (corrupt checkpoint)")
-        self.weights = st_load(blob)
-        self.moments = st_load(storage.read_bytes(storage.join(uri, "optimizer.safetensors")))
+        self.weights = _tensors(blob, uri, "model.safetensors")
+        self.moments = _tensors(storage.read_bytes(storage.join(uri, "optimizer.safetensors")), uri,
+                                "optimizer.safetensors")
         self.trainer = storage.read_json(storage.join(uri, "trainer_state.json"))
         self.config = CLIPConfig.from_json(storage.read_json(storage.join(uri, "model_config.json")))
         self.tokenizer_json = storage.read_bytes(storage.join(uri, "tokenizer.json")).decode()
