@@ -40,7 +40,7 @@ demo: $(VENV)/.installed
 	@echo "   data/checkpoints/demo/latest.json, data/eval/results/, data/dashboard/index.html"
 
 test: $(VENV)/.installed $(CHECKOV_VENV)/.installed
-	$(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
+	$(PY) -m pytest -q $(ARGS)
 
 clean:
 	rm -rf data

@@ -11,9 +11,12 @@ Each size builds the demo config (configs/demo.yaml: synthetic web with every pl
 download/filter/dedupe/shard settings) with web.pages = candidates / web.images_per_page, from scratch, in-process
 through `pipelines.build.build`, on an embedded Ray and a local Spark of --cores cores that are started BEFORE
 the build (engine start-up is not a stage's cost). The synthetic web is generated before the clock starts and
-cached in --workdir (it is the stand-in for the internet, not part of the pipeline). A stage's time is what
+cached in --workdir (it is the stand-in for the internet, not part of the pipeline). The balance stage's t (pairs
+per metadata entry) is scaled with the corpus (demo t x candidates / the demo's candidates), so balancing keeps
+the same fraction at every size and every later stage's input grows with the corpus. A stage's time is what
 build.py logs for it ("stage X done in S s: n in, m out"), so stages the build gains are measured without
-changes here; the shard stage, which build.py calls directly, is timed by wrapping its `run`.
+changes here; the shard stage, which build.py calls directly, is timed by wrapping its `run`. The 1-minute load
+average is sampled every 10 s during the build (`load_1min_during`): per-core rates on a shared machine need it.
 Results: benchmarks/results/curation_scaling-<candidates>-<UTC time>.json (machine, versions, every stage).
 """
 
@@ -29,8 +32,10 @@ import os
 import platform
 import shutil
 import sys
+import threading
 import time
 from importlib import metadata
+from typing import Self
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -51,15 +56,52 @@ class _StageTimes(logging.Handler):
             self.stages.append({"stage": name, "seconds": float(seconds), "input": int(n_in), "output": int(n_out)})
 
 
+class LoadSampler:
+    """Samples the 1-minute load average (/proc/loadavg) every `every` seconds while the build runs: on a shared
+    machine the per-core rates mean little without the load they were measured under."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every, self.samples = every, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        while not self._stop.is_set():
+            self.samples.append([round(time.perf_counter() - t0, 1), os.getloadavg()[0]])
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        loads = [v for _, v in self.samples]
+        return {"every_s": self.every, "min": min(loads), "mean": sum(loads) / len(loads), "max": max(loads),
+                "samples": self.samples}
+
+
 def _config(args, candidates: int) -> dict:
     from pipelines import build
     from pipelines.config import load_config, read_raw
 
-    per_page = read_raw(args.config).get("web", {}).get("images_per_page", 16)
+    raw = read_raw(args.config)
+    per_page = raw.get("web", {}).get("images_per_page", 16)
     overrides = [f"web.dir={args.workdir}/web", f"web.pages={math.ceil(candidates / per_page)}",
                  f"web.port={BENCH_PORT}", f"storage.root={args.workdir}/root-{candidates}",
                  f"pipeline.engine.ray_num_cpus={args.cores}", f"pipeline.engine.spark_master=local[{args.cores}]",
                  f"pipeline.download.allow_private=['127.0.0.1:{BENCH_PORT}']"]
+    balance = raw.get("pipeline", {}).get("balance", {})
+    if balance.get("enabled") and "t" in balance:
+        # MetaCLIP's t is a count per entry sized for its pool (20k for 400M pairs): a fixed t would keep a
+        # shrinking fraction of a growing corpus, and every stage after balance would see about the same input
+        # at 30k and 100k candidates. Scaled with the corpus, balance keeps the same fraction at every size.
+        pool = raw.get("web", {}).get("pages", 500) * per_page
+        overrides.append(f"pipeline.balance.t={max(1, round(balance['t'] * candidates / pool))}")
     return load_config(args.config, overrides, build.sections())
 
 
@@ -89,9 +131,10 @@ def measure(args, candidates: int) -> dict:
 
     shard.run = timed_shard
     try:
-        t0 = time.perf_counter()
-        manifest = build.build(cfg)
-        build_s = time.perf_counter() - t0
+        with LoadSampler() as load:
+            t0 = time.perf_counter()
+            manifest = build.build(cfg)
+            build_s = time.perf_counter() - t0
     finally:
         shard.run = run_shard
         logging.getLogger("pipelines.build").removeHandler(times)
@@ -103,14 +146,16 @@ def measure(args, candidates: int) -> dict:
     if not args.keep:
         shutil.rmtree(cfg["storage"].root, ignore_errors=True)
     return {"candidates_requested": candidates, "corpus_id": corpus.corpus_id, "generate_s": generate_s,
-            "build_s": build_s, "manifest": manifest, "cores": args.cores, "stages": times.stages}
+            "build_s": build_s, "manifest": manifest, "cores": args.cores, "stages": times.stages,
+            "balance_t": cfg["pipeline"].balance.t if cfg["pipeline"].balance.enabled else None,
+            "load_1min_during": load.summary()}
 
 
 def _machine() -> dict:
     import psutil
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
     return {"cpu": cpu, "logical_cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "python": platform.python_version(), "platform": platform.platform(),
             "load_1min_before": os.getloadavg()[0]}
@@ -157,7 +202,8 @@ def report(only: list[int] | None = None) -> str:
     the sizes in `only` if given), + the exponent and the linear fit over those sizes."""
     latest: dict[int, dict] = {}
     for path in sorted(glob.glob(os.path.join(RESULTS, "curation_scaling-*.json"))):
-        res = json.load(open(path))
+        with open(path) as f:
+            res = json.load(f)
         latest[res["run"]["candidates_requested"]] = res  # files sort by time within a size
     if only:
         latest = {n: r for n, r in latest.items() if n in only}
@@ -206,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     os.makedirs(RESULTS, exist_ok=True)
     for n in args.candidates:
-        machine, started = _machine(), dt.datetime.now(dt.timezone.utc)
+        machine, started = _machine(), dt.datetime.now(dt.UTC)
         run = measure(args, n)
         machine["load_1min_after"] = os.getloadavg()[0]
         out = {"benchmark": "curation_scaling", "started": started.isoformat(timespec="seconds"),
