@@ -75,10 +75,25 @@ def ray_local(s3_endpoint):
     inherit the environment of the process that started Ray."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    start_local_ray()
     yield ray
     ray.shutdown()
+
+
+def start_local_ray() -> None:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+
+
+@pytest.fixture(scope="module")
+def fresh_ray(ray_local):
+    """The session's Ray restarted for one module: Ray Train runs hung in a long session after earlier tests had
+    killed workers and left Train's controller actors behind; a clean instance isolates them."""
+    ray_local.shutdown()
+    start_local_ray()
+    yield ray_local
 
 
 @pytest.fixture(scope="session")

@@ -40,7 +40,7 @@ def _config(tmp_path, **training) -> str:
 
 @pytest.mark.parametrize("stage,precision,accum", [(1, "fp32", 2), (2, "fp32", 1), (3, "bf16", 1)],
                          ids=["zero1-gradcache", "zero2", "zero3-bf16"])
-def test_train_end_to_end_zero(tmp_path, ray_local, capfd, stage, precision, accum):
+def test_train_end_to_end_zero(tmp_path, fresh_ray, capfd, stage, precision, accum):
     manifest = write_toy_dataset(str(tmp_path / "data"), n=40, samples_per_shard=10, px=(40, 60))
     uri = main(["--config", _config(tmp_path, manifest=manifest, run=f"z{stage}", zero_stage=stage,
                                     checkpoint_every=2, precision=precision, accum_freq=accum)])
