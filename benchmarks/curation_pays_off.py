@@ -23,9 +23,7 @@ seen = steps x batch), training.seed, the evaluation settings, and the evaluatio
 DATASETS holds when the run starts, for decontam and evaluation alike). Not equal, by design of the system: the
 BPE tokenizer is trained on each row's own captions (training/train.py), with the same vocabulary size.
 
-The pipeline's dedupe stage has no off switch: for rows without it this script replaces `dedupe.run` in-process
-with a pass-through (every filter survivor kept, no fingerprints: decontam computes the ones it needs), so the
-build, its funnel and the later stages run unchanged. Every other switch is a config override.
+Every switch is a config override (pipeline.<stage>.enabled=false, or a filter rule's threshold set to pass all).
 
 Builds run in-process (pipelines.build.build); training and evaluation run their own entry points as
 subprocesses (`python -m training.train`, `python -m evaluation.run`). Rows share committed stage outputs: a
@@ -67,19 +65,19 @@ FILTER_OFF = ["pipeline.filter.min_side=0", "pipeline.filter.max_aspect_ratio=10
 BALANCE_OFF = ["pipeline.balance.enabled=false"]
 DECONTAM_OFF = ["pipeline.decontam.enabled=false"]
 CAPTION_DEDUPE_OFF = ["pipeline.caption_dedupe.enabled=false"]
-DEDUPE_OFF = "dedupe_off"  # not a config field: the harness's pass-through (see the module docstring)
+DEDUPE_OFF = ["pipeline.dedupe.enabled=false"]
 BOOTSTRAP = "{bootstrap}"  # replaced by the bootstrap checkpoint (the curated row's run dir)
 SEMDEDUP_ON = [f"pipeline.semdedup.checkpoint={BOOTSTRAP}"]
 CLIP_FILTER_ON = [f"pipeline.clip_filter.checkpoint={BOOTSTRAP}"]
 
 # row -> (overrides, what the row is, the row it is compared against for "worth")
 ROWS: dict[str, tuple[list[str], str, str | None]] = {
-    "raw": (BALANCE_OFF + FILTER_OFF + [DEDUPE_OFF] + DECONTAM_OFF + CAPTION_DEDUPE_OFF,
+    "raw": (BALANCE_OFF + FILTER_OFF + DEDUPE_OFF + DECONTAM_OFF + CAPTION_DEDUPE_OFF,
             "(a) everything that downloaded: extract -> download -> shard", "curated"),
     "curated": ([], "(b) balance + filter + dedupe + decontam + caption_dedupe (the demo's curation)", None),
     "no_balance": (BALANCE_OFF, "(b) without MetaCLIP balancing", "curated"),
     "no_filter": (FILTER_OFF, "(b) without the filter rules (image size/aspect, caption, language)", "curated"),
-    "no_dedupe": ([DEDUPE_OFF], "(b) without dedupe (exact URL/SHA-256 and near-duplicate images)", "curated"),
+    "no_dedupe": (DEDUPE_OFF, "(b) without dedupe (exact URL/SHA-256 and near-duplicate images)", "curated"),
     "no_decontam": (DECONTAM_OFF, "(b) without decontamination against the evaluation images", "curated"),
     "no_caption_dedupe": (CAPTION_DEDUPE_OFF, "(b) without caption MinHash dedupe", "curated"),
     "curated_model": (SEMDEDUP_ON + CLIP_FILTER_ON, "(b) + semdedup + clip_filter (bootstrap model: curated's)",
@@ -109,11 +107,10 @@ def common_overrides(args, row: str, seed: int) -> list[str]:
             f"training.steps={args.steps}", f"training.seed={seed}"]
 
 
-def row_overrides(args, row: str) -> tuple[list[str], bool]:
-    """(config overrides, dedupe off?) of a row, the bootstrap checkpoint filled in."""
-    own = ROWS[row][0]
+def row_overrides(args, row: str) -> list[str]:
+    """A row's config overrides, the bootstrap checkpoint filled in."""
     ckpt = os.path.join(args.workdir, "root", "checkpoints", f"{BOOTSTRAP_ROW}-s{args.seeds[0]}")
-    return [o.replace(BOOTSTRAP, ckpt) for o in own if o != DEDUPE_OFF], DEDUPE_OFF in own
+    return [o.replace(BOOTSTRAP, ckpt) for o in ROWS[row][0]]
 
 
 def load(args, overrides: list[str]) -> dict:
@@ -123,7 +120,7 @@ def load(args, overrides: list[str]) -> dict:
     return load_config(CONFIG, overrides, build.sections())
 
 
-def chain_keys(cfg: dict, dedupe_off: bool) -> dict[str, str]:
+def chain_keys(cfg: dict) -> dict[str, str]:
     """work dir -> a key of its stage's config and every upstream stage's: equal keys, equal committed output."""
     pc = cfg["pipeline"]
     key = hashlib.sha256(json.dumps({"web": asdict(cfg["web"]), "source": asdict(pc.source)}, sort_keys=True,
@@ -131,8 +128,6 @@ def chain_keys(cfg: dict, dedupe_off: bool) -> dict[str, str]:
     keys = {}
     for work_dir, section in CHAIN:
         part = asdict(getattr(pc, section))
-        if section == "dedupe":
-            part["harness_pass_through"] = dedupe_off
         key = hashlib.sha256((key + json.dumps(part, sort_keys=True, default=str)).encode()).hexdigest()
         keys[work_dir] = key
     return keys
@@ -161,36 +156,15 @@ def reuse_stages(args, row: str, keys: dict[str, str], built: dict[str, dict[str
     return copied
 
 
-def pass_through_dedupe(spark, cfg, filtered_uri: str, out_uri: str):
-    """The dedupe stage switched off: every filter survivor kept, nothing dropped, no fingerprints published."""
-    import pyarrow as pa
-
-    from pipelines import layout, storage
-    from pipelines.funnel import StageCounts
-    from pipelines.stages.dedupe import DROPPED_SCHEMA, publish_parquet, read_kept
-
-    kept = read_kept(filtered_uri).sort_by([("uid", "ascending")])
-    publish_parquet(storage.join(out_uri, "keep.parquet"), kept)
-    publish_parquet(storage.join(out_uri, "dropped.parquet"), pa.Table.from_pylist([], schema=DROPPED_SCHEMA))
-    return layout.commit(out_uri, StageCounts("dedupe", input=kept.num_rows, output=kept.num_rows))
-
-
-def build_row(args, row: str, overrides: list[str], dedupe_off: bool, built: dict) -> dict:
+def build_row(args, row: str, overrides: list[str], built: dict) -> dict:
     from pipelines import build
     from pipelines.schema import load_manifest
-    from pipelines.stages import dedupe
 
     cfg = load(args, overrides)
-    keys = chain_keys(cfg, dedupe_off)
+    keys = chain_keys(cfg)
     copied = reuse_stages(args, row, keys, built)
-    real_dedupe = dedupe.run
-    if dedupe_off:
-        dedupe.run = pass_through_dedupe
     t0 = time.perf_counter()
-    try:
-        manifest_uri = build.build(cfg)
-    finally:
-        dedupe.run = real_dedupe
+    manifest_uri = build.build(cfg)
     seconds = time.perf_counter() - t0
     built[row] = keys
     m = load_manifest(manifest_uri)
@@ -378,15 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     built: dict[str, dict[str, str]] = {}
     try:
         for row in args.rows:
-            own, dedupe_off = row_overrides(args, row)
+            own = row_overrides(args, row)
             if any("semdedup.checkpoint" in o or "clip_filter.checkpoint" in o for o in own) and \
                     BOOTSTRAP_ROW not in result["rows"] and not os.path.isdir(
                         os.path.join(args.workdir, "root", "checkpoints", f"{BOOTSTRAP_ROW}-s{args.seeds[0]}")):
                 raise SystemExit(f"row {row} needs the bootstrap checkpoint: run row {BOOTSTRAP_ROW} first")
-            entry = {"what": ROWS[row][1], "compared_to": ROWS[row][2], "overrides": own,
-                     "dedupe": "pass-through (harness)" if dedupe_off else "pipeline", "trainings": []}
+            entry = {"what": ROWS[row][1], "compared_to": ROWS[row][2], "overrides": own, "trainings": []}
             log.info("row %s: building", row)
-            entry["build"] = build_row(args, row, own + common_overrides(args, row, args.seeds[0]), dedupe_off, built)
+            entry["build"] = build_row(args, row, own + common_overrides(args, row, args.seeds[0]), built)
             import ray
 
             ray.shutdown()  # the subprocesses start their own Ray; ours would only hold memory

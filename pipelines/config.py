@@ -138,17 +138,22 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def read_yaml_mapping(path: Path, what: str = "config file") -> dict:
+    """A YAML file whose top level is a mapping (empty file: {}); ConfigError naming the file otherwise."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path}: the top level must be a mapping of sections")
+    return data
+
+
 def read_raw(path: str | Path, overrides: list[str] | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
-    return apply_overrides(data, list(overrides or []))
+    return apply_overrides(read_yaml_mapping(path), list(overrides or []))
 
 
 def load_config(path: str | Path, overrides: list[str] | None, sections: dict[str, type]) -> dict[str, Any]:

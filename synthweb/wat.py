@@ -38,6 +38,9 @@ from html.parser import HTMLParser
 from warcio.archiveiterator import ArchiveIterator
 from warcio.warcwriter import WARCWriter
 
+# The reader's own charset handling: the generator and the extractor must decode a page the same way.
+from pipelines.stages.records import decode
+
 SOFTWARE = "witforge-synthweb-wat (Common Crawl WAT layout)"
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 
@@ -126,14 +129,6 @@ def _gzip_metadata(raw: bytes) -> dict:
             "Inflated-CRC": str(crc), "Inflated-Length": str(size)}
 
 
-def _charset(content_type: str) -> str:
-    for piece in content_type.split(";")[1:]:
-        key, _, value = piece.strip().partition("=")
-        if key.strip().lower() == "charset" and value.strip():
-            return value.strip().strip('"\'')
-    return "utf-8"
-
-
 def _request_line(hh) -> dict:
     # warcio keeps a request line "GET /path HTTP/1.1" as protocol="GET", statusline="/path HTTP/1.1".
     words = f"{hh.protocol or ''} {hh.statusline or ''}".split()
@@ -167,7 +162,7 @@ def _payload_metadata(record, entity: bytes) -> dict:
     http["Response-Message"] = {"Version": hh.protocol or "HTTP/1.1", "Status": status, "Reason": reason}
     content_type = hh.get_header("Content-Type") or ""
     if content_type.split(";")[0].strip().lower() in _HTML_TYPES:
-        http["HTML-Metadata"] = html_metadata(entity.decode(_charset(content_type), errors="replace"))
+        http["HTML-Metadata"] = html_metadata(decode(entity, content_type))
     meta["HTTP-Response-Metadata"] = http
     return meta
 

@@ -77,7 +77,29 @@ def ray_local(s3_endpoint):
 
     start_local_ray()
     yield ray
-    ray.shutdown()
+    shutdown_ray()
+
+
+def shutdown_ray(timeout_s: float = 60) -> None:
+    """ray.shutdown(), unstuck: after a long session the driver's GCS subscriber close() was seen blocking in an
+    RPC that never returned (the hang class of ray-project/ray#44836). Killing this session's own GCS server
+    fails that RPC, and shutdown goes on to stop the rest."""
+    import threading
+
+    import psutil
+    import ray
+
+    worker = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if proc.name().startswith("gcs_server"):
+                    proc.kill()
+            except psutil.Error:
+                pass
+        worker.join(timeout_s)
 
 
 def start_local_ray() -> None:
@@ -85,15 +107,6 @@ def start_local_ray() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
-
-
-@pytest.fixture(scope="module")
-def fresh_ray(ray_local):
-    """The session's Ray restarted for one module: Ray Train runs hung in a long session after earlier tests had
-    killed workers and left Train's controller actors behind; a clean instance isolates them."""
-    ray_local.shutdown()
-    start_local_ray()
-    yield ray_local
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,8 @@ broken guard shows up as a failure here, never as traffic to a private or metada
 
 from __future__ import annotations
 
-import http.server
 import io
 import socket
-import socketserver
-import threading
 import time
 
 import pytest
@@ -20,6 +17,7 @@ from PIL import Image
 from pipelines.fetch.client import Fetcher, FetchPolicy, opted_out
 from pipelines.fetch.errors import FetchError
 from synthweb.images import bomb_png
+from tests.loopback_http import QuietHandler, serving
 
 
 def _jpeg(size=(40, 30)) -> bytes:
@@ -33,7 +31,7 @@ BOMB = bomb_png(40000)  # 1.6 gigapixels declared in ~200 KB
 ROBOTS = b"User-agent: witforge\nDisallow: /private/\n\nUser-agent: *\nDisallow: /\n"
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     log: list
     port: int
 
@@ -46,21 +44,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                  "/redirect-metadata": "http://169.254.169.254/latest/meta-data/",
                  "/redirect-loop": "/redirect-loop", "/redirect-ftp": "ftp://example.com/x.jpg"}
         if p in moved:
-            self._reply(302, b"", "text/html", {"Location": moved[p]})
+            self.reply(302, b"", "text/html", {"Location": moved[p]})
         elif p == "/robots.txt":
-            self._reply(200, ROBOTS, "text/plain")
+            self.reply(200, ROBOTS, "text/plain")
         elif p in ("/img.jpg", "/private/x.jpg", "/caf%C3%A9.jpg"):
-            self._reply(200, JPEG, "image/jpeg")
+            self.reply(200, JPEG, "image/jpeg")
         elif p.startswith("/noai"):
             tag = {"/noai.jpg": "noai", "/noai-other.jpg": "otherbot: noai", "/noai-ours.jpg": "witforge: noimageai",
                    "/noai-date.jpg": "unavailable_after: 25 Jun 2010 15:00:00 PST"}[p]
-            self._reply(200, JPEG, "image/jpeg", {"X-Robots-Tag": tag})
+            self.reply(200, JPEG, "image/jpeg", {"X-Robots-Tag": tag})
         elif p == "/big-declared.jpg":
-            self._reply(200, b"x" * 300_000, "image/jpeg")
+            self.reply(200, b"x" * 300_000, "image/jpeg")
         elif p == "/big-undeclared.jpg":  # HTTP/1.0, no Content-Length: the body ends when the server closes
-            self._reply(200, b"x" * 300_000, "image/jpeg", length=False)
+            self.reply(200, b"x" * 300_000, "image/jpeg", length=False)
         elif p == "/bomb.png":
-            self._reply(200, BOMB, "image/png")
+            self.reply(200, BOMB, "image/png")
         elif p == "/drip.jpg":
             self.send_response(200)
             self.end_headers()
@@ -73,43 +71,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 pass
         elif p == "/slow.jpg":
             time.sleep(2)
-            self._reply(200, JPEG, "image/jpeg")
+            self.reply(200, JPEG, "image/jpeg")
         elif p == "/busy.jpg":
-            self._reply(503, b"busy", "text/plain")
+            self.reply(503, b"busy", "text/plain")
         else:
-            self._reply(404, b"not found", "text/plain")
-
-    def _reply(self, code, body, ctype, headers=None, length=True) -> None:
-        try:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            if length:
-                self.send_header("Content-Length", str(len(body)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(body)
-        except OSError:  # the client hung up on purpose (caps, opt-outs)
-            pass
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
+            self.reply(404, b"not found", "text/plain")
 
 
 @pytest.fixture(scope="module")
 def server():
     log: list = []
     handler = type("H", (_Handler,), {"log": log})
-    srv = _Server(("127.0.0.1", 0), handler)
-    handler.port = srv.server_address[1]
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{handler.port}", log
-    srv.shutdown()
-    srv.server_close()
+    with serving(handler) as srv:
+        handler.port = srv.server_address[1]
+        yield f"127.0.0.1:{handler.port}", log
 
 
 class Tripwire:

@@ -53,6 +53,20 @@ def test_planted_duplicates_found_and_distinct_scenes_kept(deduped):
             "lang_score", "source"} <= set(keep[0])
 
 
+def test_switched_off_keeps_every_filter_survivor(deduped, spark, tmp_path):
+    from tests.pipelines_curation_data import filtered_fixture
+
+    out = str(tmp_path / "off")
+    counts = dedupe.run(spark, dedupe.DedupeConfig(enabled=False), filtered_fixture(), out)
+    survivors = dedupe.read_kept(filtered_fixture()).column("uid").to_pylist()
+    keep = pq.read_table(os.path.join(out, "keep.parquet")).column("uid").to_pylist()
+    assert keep == sorted(survivors) and counts.input == counts.output == len(survivors) and not counts.dropped
+    assert pq.read_table(os.path.join(out, "dropped.parquet")).num_rows == 0
+    assert layout.committed(out).to_json() == counts.to_json()
+    # The real stage on the same input drops the planted duplicates: the switch is what kept them.
+    assert layout.committed(deduped).output == len(survivors) - 3
+
+
 def test_bands_satisfy_pigeonhole():
     rng = random.Random(0)
     for d in (0, 3, 6, 10):

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import http.server
 import io
 import json
 import os
-import socketserver
 import tarfile
-import threading
 import time
 
 import pyarrow as pa
@@ -25,6 +22,7 @@ from pipelines.engines import EngineConfig
 from pipelines.funnel import StageCounts
 from pipelines.stages import download
 from pipelines.stages.html_images import make_uid
+from tests.loopback_http import QuietHandler, serving
 
 
 def _jpeg(colour: tuple[int, int, int], size: tuple[int, int]) -> bytes:
@@ -46,14 +44,14 @@ REQUESTS: collections.Counter = collections.Counter()  # path -> GETs received (
 FLAKY_FAILURES = 1  # /img/flaky.jpg answers 503 this many times, then the image
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     def do_GET(self) -> None:
         REQUESTS[self.path] += 1
         if self.path == "/img/flaky.jpg":
             if REQUESTS[self.path] <= FLAKY_FAILURES:
-                self._reply(503, b"try later", "text/plain")
+                self.reply(503, b"try later", "text/plain")
             else:
-                self._reply(200, IMAGES["/img/1.jpg"], "image/jpeg")
+                self.reply(200, IMAGES["/img/1.jpg"], "image/jpeg")
         elif self.path in IMAGES or self.path == "/img/noai.jpg":
             body = IMAGES.get(self.path, IMAGES["/img/0.jpg"])
             self.send_response(200)
@@ -64,43 +62,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
         elif self.path == "/img/page.jpg":  # not an image at all
-            self._reply(200, b"<html><body>sorry</body></html>", "text/html")
+            self.reply(200, b"<html><body>sorry</body></html>", "text/html")
         elif self.path == "/img/bomb.png":
-            self._reply(200, BOMB, "image/png")
+            self.reply(200, BOMB, "image/png")
         elif self.path == "/img/busy.jpg":
-            self._reply(503, b"busy", "text/plain")
+            self.reply(503, b"busy", "text/plain")
         elif self.path == "/img/slow.jpg":
             time.sleep(8)  # longer than the download timeout
-            self._reply(200, IMAGES["/img/0.jpg"], "image/jpeg")
+            self.reply(200, IMAGES["/img/0.jpg"], "image/jpeg")
         else:
-            self._reply(404, b"not found", "text/plain")
-
-    def _reply(self, code: int, body: bytes, ctype: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        try:
-            self.wfile.write(body)
-        except OSError:  # the client gave up (timeout case)
-            pass
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
+            self.reply(404, b"not found", "text/plain")
 
 
 @pytest.fixture(scope="module")
 def image_server():
-    srv = _Server(("127.0.0.1", 0), _Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    with serving(_Handler) as srv:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
 
 
 def _closed_port() -> int:

@@ -85,6 +85,22 @@ def test_shards_close_at_samples_or_bytes_whichever_first(ray_local, spark, tmp_
     assert got == [r["uid"] for r in rows]  # the byte cut keeps the global shuffle order
 
 
+def test_images_read_by_offset_equal_the_streamed_ones_and_a_changed_tar_is_refused(spark, tmp_path):
+    rows = _survivor_rows(deduped_fixture(spark), 0)
+    assert rows and all(r["offset"] is not None and r["offset"] % tarfile.BLOCKSIZE == 0 for r in rows)
+    ranged = shard.read_images(rows)
+    streamed = shard.read_images([{**r, "offset": None} for r in rows])  # rows from a filter without offsets
+    assert ranged == streamed and len(ranged) == len(rows)
+    # One image's bytes changed in a copy of its download tar: the sha256 check names the tar, never ships it.
+    victim = rows[0]
+    copy = tmp_path / os.path.basename(victim["src_tar"])
+    data = bytearray(storage.read_bytes(victim["src_tar"]))
+    data[victim["offset"] + victim["bytes"] // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"{copy}: .* not sample {victim['uid']}'s image"):
+        shard.read_images([{**r, "src_tar": str(copy)} for r in rows if r["src_tar"] == victim["src_tar"]])
+
+
 def test_plan_without_byte_target_or_with_an_oversized_sample():
     rows = [{"uid": f"{i:08x}", "url": "u", "caption": "c", "width": 1, "height": 1, "sha256": "s", "phash": "p",
              "bytes": 5000 if i != 3 else 50_000} for i in range(10)]

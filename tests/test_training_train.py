@@ -23,6 +23,7 @@ from training.checkpoint import load_clip
 from training.toydata import toy_uid, write_toy_dataset
 from training.train import main
 
+REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"embed_dim": 16, "image_size": 32, "patch_size": 8, "vision_width": 32, "vision_layers": 1,
               "vision_heads": 2, "vocab_size": 300, "context_length": 16, "text_width": 32, "text_layers": 1,
               "text_heads": 2}
@@ -40,12 +41,16 @@ def _config(tmp_path, **training) -> str:
 
 @pytest.mark.parametrize("stage,precision,accum", [(1, "fp32", 2), (2, "fp32", 1), (3, "bf16", 1)],
                          ids=["zero1-gradcache", "zero2", "zero3-bf16"])
-def test_train_end_to_end_zero(tmp_path, fresh_ray, capfd, stage, precision, accum):
+def test_train_end_to_end_zero(tmp_path, stage, precision, accum):
     manifest = write_toy_dataset(str(tmp_path / "data"), n=40, samples_per_shard=10, px=(40, 60))
-    uri = main(["--config", _config(tmp_path, manifest=manifest, run=f"z{stage}", zero_stage=stage,
-                                    checkpoint_every=2, precision=precision, accum_freq=accum)])
-    captured = capfd.readouterr()
-    assert captured.out.strip().splitlines()[-1] == uri  # the checkpoint URI is the last line
+    config = _config(tmp_path, manifest=manifest, run=f"z{stage}", zero_stage=stage, checkpoint_every=2,
+                     precision=precision, accum_freq=accum)
+    # The entry point as users run it, in its own process with its own embedded Ray: in one long pytest process
+    # the shared Ray's GCS pubsub ended up blocking both Ray Train's controller and ray.shutdown() itself.
+    proc = subprocess.run([sys.executable, "-m", "training.train", "--config", config], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    uri = proc.stdout.strip().splitlines()[-1]  # the checkpoint URI is the last line
     assert uri == str(tmp_path / "out" / "checkpoints" / f"z{stage}" / "step_00000004")
     clip = load_clip(str(tmp_path / "out" / "checkpoints" / f"z{stage}"))
     assert clip.meta["step"] == 4 and clip.meta["manifest"] == manifest and clip.meta["zero_stage"] == stage
@@ -60,6 +65,10 @@ def test_train_end_to_end_zero(tmp_path, fresh_ray, capfd, stage, precision, acc
     assert load_clip(uri.replace("00000004", "00000002")).meta["step"] == 2  # the intermediate checkpoint
     emb = clip.encode_texts(["a red circle", "the number 7"])
     assert emb.shape == (2, 16)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def test_missing_manifest_names_uri(tmp_path):
@@ -87,9 +96,7 @@ def test_ray_restarts_a_killed_worker_from_the_last_checkpoint(tmp_path):
     manifest = write_toy_dataset(str(tmp_path / "data"), n=64, samples_per_shard=16, px=(40, 48))
     config = _config(tmp_path, manifest=manifest, run="ft", steps=16, checkpoint_every=2, max_failures=1,
                      data_mode="epoch", shuffle_buffer=0, log_uids=True, log_every=4, tensorboard=False)
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root), "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "training.train", "--config", config], cwd=root, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "training.train", "--config", config], cwd=REPO, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     run_dir = tmp_path / "out" / "checkpoints" / "ft"
     try:

@@ -137,11 +137,13 @@ def train_with_launcher(cfg: dict[str, Any]) -> str | None:
 
 def train(cfg: dict[str, Any]) -> str:
     """Ray Train: one TorchTrainer worker per rank (CPU + gloo, or one GPU each + NCCL)."""
+    import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     tc: TrainConfig = cfg["training"]
     args = prepare(cfg)
+    started_here = not ray.is_initialized()
     init_ray(cfg["pipeline"].engine)
     trainer = TorchTrainer(
         train_loop, train_loop_config=args,
@@ -151,6 +153,8 @@ def train(cfg: dict[str, Any]) -> str:
         run_config=RunConfig(name=f"witforge-{tc.run}", failure_config=FailureConfig(max_failures=tc.max_failures)),
     )
     trainer.fit()
+    if started_here:  # stops the workers' log stream to this stdout, so the URI printed next is its last line
+        ray.shutdown()
     return _final_checkpoint(cfg["storage"].root, tc)
 
 

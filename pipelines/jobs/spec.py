@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pipelines.config import ConfigError, build_dataclass, config_hash, read_raw
+from pipelines.config import ConfigError, build_dataclass, config_hash, read_raw, read_yaml_mapping
 from pipelines.jobs.deps import pinned_packages
 from pipelines.jobs.identity import code_identity
 
@@ -178,12 +178,9 @@ def _merge(base: dict, over: dict) -> dict:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise JobSpecError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise JobSpecError(f"{path}: the top level must be a mapping")
-    return data
+        return read_yaml_mapping(path, "job template")
+    except ConfigError as exc:
+        raise JobSpecError(str(exc)) from exc
 
 
 def template_path(job: str) -> Path:

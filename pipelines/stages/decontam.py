@@ -92,7 +92,8 @@ class DecontamConfig:
                 raise ValueError(f"pipeline.decontam.{name}: must be at least 1, got {getattr(self, name)}")
 
     def rule(self) -> DedupeConfig:
-        return DedupeConfig(self.phash_max_distance, self.fine_max_distance, self.thumb_max_diff, list(self.zooms))
+        return DedupeConfig(phash_max_distance=self.phash_max_distance, fine_max_distance=self.fine_max_distance,
+                            thumb_max_diff=self.thumb_max_diff, zooms=list(self.zooms))
 
     def dataset_names(self) -> list[str]:
         from evaluation.tasks import DATASETS

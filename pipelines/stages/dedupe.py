@@ -46,6 +46,9 @@ DROPPED_SCHEMA = pa.schema([("uid", pa.string()), ("reason", pa.string()), ("dup
 
 @dataclass
 class DedupeConfig:
+    enabled: bool = True
+    """false: every filter survivor passes through (no exact or near dedupe, no fingerprints published; decontam
+    computes the ones it needs). For ablations such as benchmarks/curation_pays_off.py's no_dedupe row."""
     phash_max_distance: int = 6
     """Candidates: two views whose 64-bit pHashes differ in at most this many bits (also the band count - 1)."""
     fine_max_distance: int = 40
@@ -91,7 +94,8 @@ def read_kept(filtered_uri: str) -> pa.Table:
         if "keep" not in t.column_names or "uid" not in t.column_names:
             raise ValueError(f"{uri}: not a filter-stage parquet (no keep/uid columns)")
         tables.append(t.filter(t.column("keep")))
-    return pa.concat_tables(tables)
+    # Permissive: shards filtered before a column was added (a resumed older build) read as nulls there.
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def _safe_norm(url: str) -> str:
@@ -187,6 +191,11 @@ def publish_parquet(uri: str, table: pa.Table) -> None:
 
 def run(spark, cfg: DedupeConfig, filtered_uri: str, out_uri: str) -> StageCounts:
     kept = read_kept(filtered_uri)
+    if not cfg.enabled:
+        log.warning("stage dedupe skipped: pipeline.dedupe.enabled is false")
+        publish_parquet(storage.join(out_uri, "keep.parquet"), kept.sort_by([("uid", "ascending")]))
+        publish_parquet(storage.join(out_uri, "dropped.parquet"), pa.Table.from_pylist([], schema=DROPPED_SCHEMA))
+        return layout.commit(out_uri, StageCounts("dedupe", input=kept.num_rows, output=kept.num_rows))
     rows = kept.to_pylist()
     for r in rows:
         r["area"] = int(r["width"]) * int(r["height"])

@@ -4,8 +4,9 @@ CONTRACT (build.py calls it; Ray is already initialised by the caller):
     run(cfg: FilterConfig, download_uri: str, out_uri: str) -> StageCounts
 Reads img2dataset's `<shard>.parquet` (status == "success" rows) and `<shard>.tar` (original bytes) and publishes
 `out_uri/<shard>.parquet` (FILTERED_SCHEMA): one row per successful download with its fingerprints (sha256,
-pHash, colour signature), file size and format, language, `keep`, the drop `reason` and its `detail` (the
-numbers behind the verdict: "20x20: shorter side 20 < min_side 32"). Checks run cheapest first: file size,
+pHash, colour signature), file size and format, the image's data offset in the tar (for the shard stage's ranged
+reads), language, `keep`, the drop `reason` and its `detail` (the numbers behind the verdict: "20x20: shorter
+side 20 < min_side 32"). Checks run cheapest first: file size,
 header pixel count, full decode, resolution, aspect ratio, then the caption rules (ftfy-repaired text).
 
 With cfg.keep_rejected, every dropped sample also goes to `out_uri/rejected/<shard>.tar` (WebDataset: the image
@@ -34,7 +35,7 @@ from pipelines import layout, storage
 from pipelines.funnel import StageCounts
 from pipelines.stages.captions import DEFAULT_UNINFORMATIVE, judge_caption, normalize_caption
 from pipelines.stages.images import inspect_image, sha256_hex, sniff_extension
-from pipelines.stages.members import read_members
+from pipelines.stages.members import read_members_at
 from pipelines.storage import ray_task_options
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ FILTERED_SCHEMA = pa.schema([
     ("page_url", pa.string()), ("source", pa.string()), ("caption", pa.string()), ("width", pa.int64()),
     ("height", pa.int64()), ("sha256", pa.string()), ("phash", pa.string()), ("colour_sig", pa.string()),
     ("lang", pa.string()), ("lang_score", pa.float64()), ("keep", pa.bool_()), ("reason", pa.string()),
-    ("detail", pa.string()), ("bytes", pa.int64()), ("format", pa.string()),
+    ("detail", pa.string()), ("bytes", pa.int64()), ("format", pa.string()), ("offset", pa.int64()),
 ])
 REJECTED_DIR = "rejected"
 # Fixed member mtime (2020-01-01): a rejected tar rewritten after a crash has the same bytes.
@@ -128,8 +129,11 @@ def filter_shard(cfg_dict: dict, download_uri: str, shard: str, out_uri: str) ->
                          f"save_additional_columns [uid, page_url, source] expected)")
     rows = [r for r in table.to_pylist() if r["status"] == "success"]
     tar_uri = storage.join(download_uri, f"{shard}.tar")
-    images = read_members(tar_uri, {r["key"] for r in rows})
+    found = read_members_at(tar_uri, {r["key"] for r in rows})
+    images = {key: data for key, (data, _) in found.items()}
     out = [judge_row(cfg, r, images.get(r["key"]), tar_uri) for r in sorted(rows, key=lambda r: r["key"])]
+    for row in out:  # where the image's bytes start in src_tar: the shard stage reads them with one ranged read
+        row["offset"] = found[row["key"]][1] if row["key"] in found else None
     result = pa.Table.from_pylist(out, schema=FILTERED_SCHEMA)
     if cfg.keep_rejected:  # before the parquet: the parquet's existence is what marks the shard done
         write_rejected(storage.join(out_uri, REJECTED_DIR, f"{shard}.tar"), [r for r in out if not r["keep"]], images)
@@ -145,7 +149,7 @@ def judge_row(cfg: FilterConfig, r: dict, data: bytes | None, tar_uri: str) -> d
     row = dict(uid=r["uid"], key=r["key"], src_tar=tar_uri, url=r["url"], page_url=r["page_url"] or "",
                source=r["source"] or "", caption=caption, width=None, height=None, sha256=None, phash=None,
                colour_sig=None, lang=None, lang_score=None, keep=False, reason=None, detail=None, bytes=None,
-               format=None)
+               format=None, offset=None)
     if data is None:  # the parquet says success but the tar lacks the image: say so, never guess
         row.update(reason="missing_member", detail=f"no image member for key {r['key']} in {tar_uri}")
         return row

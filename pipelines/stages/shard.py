@@ -6,8 +6,9 @@ Survivors are globally shuffled by a seeded hash of their uid (so the order depe
 the input order) and cut, in that order, into shards that close at whichever target comes first:
 cfg.samples_per_shard samples, or cfg.max_shard_bytes bytes of tar. Tar sizes are planned exactly in the driver
 from the filter's `bytes` column (member headers, 512-byte padding, tar end records), so the cut is known before
-any shard is written and is the same on every rerun. One Ray task per output shard streams the needed members
-out of the download tars, writes `<uid>.jpg/.txt/.json` into local scratch, then publishes in this order:
+any shard is written and is the same on every rerun. One Ray task per output shard reads its images out of the
+download tars with ranged reads at the offsets the filter recorded (each kept image byte is read once, whatever
+the shuffle; a sha256 check catches a tar changed since), writes `<uid>.jpg/.txt/.json` into local scratch, then publishes in this order:
 shards/NNNNNN.tar, shards/NNNNNN.parquet, and last the commit record _work/shard/NNNNNN.json (the ShardInfo and
 the uids whose image was missing). A rerun skips shards whose commit record exists; a shard rebuilt after a crash
 has the same bytes (fixed tar mtime, deterministic order and encodings).
@@ -148,6 +149,31 @@ def _names(index: int) -> tuple[str, str, str]:
     return f"shards/{name}.tar", f"shards/{name}.parquet", f"_work/shard/{name}.json"
 
 
+def read_images(rows: list[dict]) -> dict[tuple[str, str], bytes]:
+    """{(src_tar, key): image bytes} for `rows`. A row with the filter's `offset` is one ranged read, checked
+    against its sha256; only rows without one (filtered by an older version) stream their whole source tar.
+    Ranged reads keep the stage linear: with a global shuffle every output shard draws from nearly every download
+    tar, and streaming them all per output shard made the stage's time grow with the square of the corpus."""
+    by_tar: dict[str, list[dict]] = {}
+    for r in rows:
+        by_tar.setdefault(r["src_tar"], []).append(r)
+    images: dict[tuple[str, str], bytes] = {}
+    for src, group in sorted(by_tar.items()):
+        ranged = sorted((r for r in group if r.get("offset") is not None and r.get("bytes") is not None),
+                        key=lambda r: r["offset"])
+        datas = storage.read_ranges(src, [(r["offset"], r["offset"] + r["bytes"]) for r in ranged])
+        for r, data in zip(ranged, datas):
+            if r.get("sha256") and hashlib.sha256(data).hexdigest() != r["sha256"]:
+                raise ValueError(f"{src}: the {r['bytes']} bytes at offset {r['offset']} are not sample {r['uid']}'s "
+                                 f"image (sha256 differs from the filter's): the download tar changed after the "
+                                 f"filter read it; rerun the build from the filter stage")
+            images[(src, r["key"])] = data
+        streamed = {r["key"] for r in group if r.get("offset") is None or r.get("bytes") is None}
+        if streamed:
+            images.update({(src, k): v for k, v in read_members(src, streamed).items()})
+    return images
+
+
 def write_shard(index: int, rows: list[dict], version_uri: str) -> dict:
     """Build, publish and commit one output shard; returns {"info": ShardInfo json, "missing": [uids]}."""
     import webdataset as wds
@@ -156,13 +182,9 @@ def write_shard(index: int, rows: list[dict], version_uri: str) -> dict:
     record_uri = storage.join(version_uri, record_rel)
     if storage.exists(record_uri):
         return storage.read_json(record_uri)
-    by_tar: dict[str, set[str]] = {}
     for r in rows:
         validate_uid(r["uid"])
-        by_tar.setdefault(r["src_tar"], set()).add(r["key"])
-    images: dict[tuple[str, str], bytes] = {}
-    for src, keys in sorted(by_tar.items()):
-        images.update({(src, k): v for k, v in read_members(src, keys).items()})
+    images = read_images(rows)
     metas, missing = [], []
     with storage.local_scratch("witforge-shard-") as tmp:
         local_tar = os.path.join(tmp, "shard.tar")
