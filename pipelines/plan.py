@@ -233,7 +233,9 @@ def _s3(inp: PlanInputs, by_stage: dict[str, dict], cores: int, shards: int, per
     if "shard" in by_stage and by_stage["shard"]["core_hours"]:
         seconds = by_stage["shard"]["core_hours"] * 3600 / cores
         puts = put_requests(shard_bytes, 2 * S3FS_BLOCK) + (OBJECTS_PER_SHARD - 1)  # the tar goes by put_file
-        phases.append({"phase": "crawl: shard", "put_per_s": shards / seconds * puts, "get_per_s": 0.0})
+        # Reads: one ranged GET per image out of the download tars (at the offsets the filter recorded).
+        phases.append({"phase": "crawl: shard", "put_per_s": shards / seconds * puts,
+                       "get_per_s": shards / seconds * per_shard})
     phases.append({"phase": "training", "put_per_s": 0.0,
                    "get_per_s": global_rate / per_shard * get_requests(shard_bytes)})
     # At start (and after every restart) each loader worker of each rank opens a shard at once: a HEAD and its

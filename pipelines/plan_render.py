@@ -80,7 +80,8 @@ def render(p: dict[str, Any]) -> str:
              f"planned at {lim['headroom']:.0%})"),
             f"  {'phase':<22} {'PUT/s':>10} {'GET/s':>10}"]
     for ph in s3["phases"]:
-        out.append(f"  {ph['phase']:<22} {rate(ph['put_per_s']):>10} {rate(ph['get_per_s']):>10}")
+        note = "   (GETs: one ranged read per image of the download tars)" if ph["get_per_s"] and "shard" in ph["phase"] else ""
+        out.append(f"  {ph['phase']:<22} {rate(ph['put_per_s']):>10} {rate(ph['get_per_s']):>10}{note}")
     out += [(f"  {'training start burst':<22} {'':>10} {s3['training_start_burst_gets']:>10,}   (every loader "
              "worker opens a shard at once)"),
             (f"  one object per image instead of shards: {rate(s3['one_object_per_image_put_per_s'])} PUT/s while "

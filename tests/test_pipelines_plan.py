@@ -73,15 +73,16 @@ def test_small_case_arithmetic_by_hand():
 
     # S3: download takes 200 core-s / 4 cores = 50 s: 2,000 candidates -> 40/s -> 4 img2dataset shards/s, each
     # 3 objects of one PUT (a 10 x 0.5 x 10,000 B tar); 1,000 images in 50 s would be 20 PUT/s as single objects.
-    # The shard stage: 20 core-s / 4 = 5 s for 100 shards = 20 shards/s x 3 objects. Training: 80 samples/s /
+    # The shard stage: 20 core-s / 4 = 5 s for 100 shards = 20 shards/s x 3 objects, reading its 1,000 images with
+    # one ranged GET each = 200 GET/s. Training: 80 samples/s /
     # 10 per shard = 8 shard opens/s x (HEAD + one 50 MiB block). Start burst: 16 GPUs x 4 workers x 2.
     s3 = p["s3"]
     assert [(ph["phase"], ph["put_per_s"], ph["get_per_s"]) for ph in s3["phases"]] == [
-        ("crawl: download", pytest.approx(12.0), 0.0), ("crawl: shard", pytest.approx(60.0), 0.0),
+        ("crawl: download", pytest.approx(12.0), 0.0), ("crawl: shard", pytest.approx(60.0), pytest.approx(200.0)),
         ("training", 0.0, pytest.approx(16.0))]
     assert s3["one_object_per_image_put_per_s"] == pytest.approx(20.0)
     assert s3["training_start_burst_gets"] == 128
-    assert (s3["peak_put_per_s"], s3["peak_get_per_s"]) == (pytest.approx(60.0), 128)
+    assert (s3["peak_put_per_s"], s3["peak_get_per_s"]) == (pytest.approx(60.0), pytest.approx(200.0))
     assert (s3["prefixes"], s3["hex_digits"]) == (1, 0)
 
     b = p["bytes"]
@@ -95,15 +96,15 @@ def test_small_case_arithmetic_by_hand():
 
 
 def test_prefix_layout_when_the_rates_exceed_one_prefix():
-    # At 1% of the limits one prefix takes 35 PUT/s: the shard stage's 60 PUT/s needs 2 -> one hex digit (the
-    # GETs stay under one prefix's 55/s: one GPU with one loader worker).
+    # At 1% of the limits one prefix takes 35 PUT/s and 55 GET/s: the shard stage's 60 PUT/s needs 2, and its
+    # 1,000 ranged image reads in 5 s (200 GET/s) need 4 -> one hex digit.
     p = P.plan(P.PlanInputs(pairs=1000, model="ViT-B-32", epochs=1, curation_hours=0.02, train_hours=1,
                             cpu_node_cores=2, gpus_per_node=1, loader_workers=1, image_bytes=7196, shard_mb=0.1,
                             download_shard_candidates=10, s3_headroom=0.01),
                CurationRates([StageRate("download", 2000, 1000, 10.0), StageRate("shard", 1000, 1000, 50.0)], "t"),
                GpuRate("ViT-B-32", 10.0, "g", "t"))
-    assert p["s3"]["peak_put_per_s"] == pytest.approx(60.0) and p["s3"]["peak_get_per_s"] == 2
-    assert (p["s3"]["prefixes"], p["s3"]["hex_digits"]) == (2, 1)
+    assert p["s3"]["peak_put_per_s"] == pytest.approx(60.0) and p["s3"]["peak_get_per_s"] == pytest.approx(200.0)
+    assert (p["s3"]["prefixes"], p["s3"]["hex_digits"]) == (4, 1)
     assert "first 1 hex digit" in p["s3"]["layout"]
     assert P.prefixes_needed(60_000, 3500, 0.5) == 35 and P.hex_digits_for(35) == 2 and P.hex_digits_for(16) == 1
     assert P.put_requests(49 * P.MIB, P.S3FS_BLOCK) == 1
