@@ -242,7 +242,9 @@ def _s3(inp: PlanInputs, by_stage: dict[str, dict], cores: int, shards: int, per
     # first block, within about a second.
     burst = gpus * max(1, inp.loader_workers) * 2
     peak_put = max(p["put_per_s"] for p in phases)
-    peak_get = max([p["get_per_s"] for p in phases] + [burst])
+    # The shard stage's GETs read _work/download/, not shards/: they size that prefix's layout, not this one.
+    reads = next((p["get_per_s"] for p in phases if p["phase"] == "crawl: shard"), 0.0)
+    peak_get = max([p["get_per_s"] for p in phases if p["phase"] != "crawl: shard"] + [burst])
     prefixes = max(prefixes_needed(peak_put, S3_PUT_LIMIT, inp.s3_headroom),
                    prefixes_needed(peak_get, S3_GET_LIMIT, inp.s3_headroom))
     digits = hex_digits_for(prefixes)
@@ -254,7 +256,9 @@ def _s3(inp: PlanInputs, by_stage: dict[str, dict], cores: int, shards: int, per
             "phases": phases, "training_start_burst_gets": burst, "peak_put_per_s": peak_put,
             "peak_get_per_s": peak_get,
             "one_object_per_image_put_per_s": per_image,
-            "prefixes": prefixes, "hex_digits": digits, "layout": layout}
+            "prefixes": prefixes, "hex_digits": digits, "layout": layout,
+            "download_read_get_per_s": reads,
+            "download_read_prefixes": prefixes_needed(reads, S3_GET_LIMIT, inp.s3_headroom) if reads else 0}
 
 
 def _assumptions(inp: PlanInputs, embedding: bool, kept: float) -> list[str]:

@@ -86,7 +86,12 @@ def render(p: dict[str, Any]) -> str:
              "worker opens a shard at once)"),
             (f"  one object per image instead of shards: {rate(s3['one_object_per_image_put_per_s'])} PUT/s while "
              "downloading"),
-            f"  prefixes needed: {s3['prefixes']} -> {s3['layout']}", ""]
+            f"  prefixes needed: {s3['prefixes']} -> {s3['layout']}"]
+    if s3["download_read_prefixes"] > 1:
+        out.append(f"  the shard stage's reads of _work/download/ ({rate(s3['download_read_get_per_s'])} GET/s) need "
+                   f"{s3['download_read_prefixes']} prefixes' worth of GET capacity there: give the stage fewer "
+                   "cores or let S3 partition img2dataset's numbered keys first (ramp up)")
+    out.append("")
 
     out += ["Cost",
             f"  curation (CPU)     ${cost['curation']:>14,.0f}",

@@ -82,7 +82,9 @@ def test_small_case_arithmetic_by_hand():
         ("training", 0.0, pytest.approx(16.0))]
     assert s3["one_object_per_image_put_per_s"] == pytest.approx(20.0)
     assert s3["training_start_burst_gets"] == 128
-    assert (s3["peak_put_per_s"], s3["peak_get_per_s"]) == (pytest.approx(60.0), pytest.approx(200.0))
+    # The shard stage's reads go to _work/download/: counted apart from the shards/ prefixes.
+    assert (s3["peak_put_per_s"], s3["peak_get_per_s"]) == (pytest.approx(60.0), 128)
+    assert (s3["download_read_get_per_s"], s3["download_read_prefixes"]) == (pytest.approx(200.0), 1)
     assert (s3["prefixes"], s3["hex_digits"]) == (1, 0)
 
     b = p["bytes"]
@@ -96,15 +98,16 @@ def test_small_case_arithmetic_by_hand():
 
 
 def test_prefix_layout_when_the_rates_exceed_one_prefix():
-    # At 1% of the limits one prefix takes 35 PUT/s and 55 GET/s: the shard stage's 60 PUT/s needs 2, and its
-    # 1,000 ranged image reads in 5 s (200 GET/s) need 4 -> one hex digit.
+    # At 1% of the limits one prefix takes 35 PUT/s and 55 GET/s: the shard stage's 60 PUT/s needs 2 -> one hex
+    # digit; its 1,000 ranged image reads in 5 s (200 GET/s) need 4 prefixes' worth of _work/download/.
     p = P.plan(P.PlanInputs(pairs=1000, model="ViT-B-32", epochs=1, curation_hours=0.02, train_hours=1,
                             cpu_node_cores=2, gpus_per_node=1, loader_workers=1, image_bytes=7196, shard_mb=0.1,
                             download_shard_candidates=10, s3_headroom=0.01),
                CurationRates([StageRate("download", 2000, 1000, 10.0), StageRate("shard", 1000, 1000, 50.0)], "t"),
                GpuRate("ViT-B-32", 10.0, "g", "t"))
-    assert p["s3"]["peak_put_per_s"] == pytest.approx(60.0) and p["s3"]["peak_get_per_s"] == pytest.approx(200.0)
-    assert (p["s3"]["prefixes"], p["s3"]["hex_digits"]) == (4, 1)
+    assert p["s3"]["peak_put_per_s"] == pytest.approx(60.0) and p["s3"]["peak_get_per_s"] == 2
+    assert (p["s3"]["prefixes"], p["s3"]["hex_digits"]) == (2, 1)
+    assert p["s3"]["download_read_prefixes"] == 4
     assert "first 1 hex digit" in p["s3"]["layout"]
     assert P.prefixes_needed(60_000, 3500, 0.5) == 35 and P.hex_digits_for(35) == 2 and P.hex_digits_for(16) == 1
     assert P.put_requests(49 * P.MIB, P.S3FS_BLOCK) == 1
