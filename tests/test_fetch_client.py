@@ -229,3 +229,54 @@ def test_http_errors_and_transience(server):
     with pytest.raises(FetchError) as exc:
         f.fetch_image(f"http://127.0.0.1:{port}/x.jpg")
     assert exc.value.reason == "connection_error" and "robots.txt" in exc.value.detail and exc.value.transient
+
+
+def _paced_server(delay: str):
+    """A host whose robots.txt asks every agent for `delay` seconds between requests; logs (time, path)."""
+    log: list = []
+
+    class Paced(QuietHandler):
+        def do_GET(self) -> None:
+            log.append((time.monotonic(), self.path))
+            if self.path == "/robots.txt":
+                self.reply(200, f"User-agent: *\nCrawl-delay: {delay}\nDisallow: /private/\n".encode(), "text/plain")
+            elif self.path.startswith("/again"):
+                self.reply(302, b"", "text/html", {"Location": "/img.jpg"})
+            else:
+                self.reply(200, JPEG, "image/jpeg")
+
+    return serving(Paced), log
+
+
+def test_crawl_delay_paces_image_requests_per_origin():
+    import concurrent.futures
+
+    ctx, log = _paced_server("0.3")
+    with ctx as srv:
+        auth = f"127.0.0.1:{srv.server_address[1]}"
+        # The pacing wait must not eat the time caps: five images at 0.3 s each outlast total_timeout=1.0.
+        f, _ = fetcher(auth, total_timeout=1.0)
+        urls = [f"http://{auth}/{i}.jpg" for i in range(4)] + [f"http://{auth}/again-{i}" for i in range(1)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # eight threads ask at once
+            bodies = list(pool.map(f.fetch_image, urls))
+    assert bodies == [JPEG] * 5
+    images = [t for t, p in log if p != "/robots.txt"]
+    assert len(images) == 6  # four images, one redirect hop and its target: each hop waits its turn
+    gaps = [b - a for a, b in zip(images, images[1:])]
+    assert min(gaps) >= 0.3 - 0.02, gaps  # never two requests to the origin within its Crawl-delay
+
+
+def test_crawl_delay_over_the_cap_skips_the_host_without_image_requests():
+    ctx, log = _paced_server("30")
+    with ctx as srv:
+        auth = f"127.0.0.1:{srv.server_address[1]}"
+        f, _ = fetcher(auth, max_crawl_delay=10.0)
+        for i in range(3):
+            with pytest.raises(FetchError) as exc:
+                f.fetch_image(f"http://{auth}/{i}.jpg")
+            assert exc.value.reason == "crawl_delay" and not exc.value.transient
+            assert "max_crawl_delay=10" in exc.value.detail
+        with pytest.raises(FetchError) as exc:  # robots.txt still decides first
+            f.fetch_image(f"http://{auth}/private/x.jpg")
+        assert exc.value.reason == "robots_disallowed"
+    assert [p for _, p in log] == ["/robots.txt"]

@@ -268,7 +268,7 @@ def test_classify_error(status, message, reason):
     ("user_agent", "Mozilla/5.0 (compatible; otherbot)", "pipeline.download.user_agent"),
     ("user_agent_token", "wit forge", "user_agent_token"), ("total_timeout", 0, "total_timeout"),
     ("max_image_bytes", 0, "max_image_bytes"), ("sample_retries", -1, "sample_retries"),
-    ("robots_cache_seconds", 90000, "robots_cache_seconds"),
+    ("robots_cache_seconds", 90000, "robots_cache_seconds"), ("max_crawl_delay", -1, "max_crawl_delay"),
 ])
 def test_bad_config_names_the_field(field, value, match):
     with pytest.raises(ValueError, match=match):

@@ -5,6 +5,7 @@
 
 Per hop (the URL, then each redirect's Location, at most policy.max_redirects of them):
   parse strictly -> resolve and check every address (netguard) -> robots.txt of that origin allows the path
+  -> wait for the origin's Crawl-delay turn (one image request per Crawl-delay seconds per process)
   -> connect to a checked address (never a fresh DNS answer), Host header and TLS SNI from the URL.
 Then, before reading the body: X-Robots-Tag opt-outs, the status, the declared Content-Length. While reading:
 the byte cap, and the pixel cap from the header in the first bytes (decompression bombs stop there).
@@ -57,6 +58,8 @@ class FetchPolicy:
     robots_ttl: float
     dns_ttl: float
     max_host_connections: int
+    max_crawl_delay: float = 10.0
+    """An origin whose robots.txt Crawl-delay is at most this is paced to it; over it, its images are skipped."""
 
 
 def opted_out(values: list[str], token: str, directives: frozenset[str]) -> bool:
@@ -158,6 +161,8 @@ class Fetcher:
         self._create_connection = create_connection
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._slots_lock = threading.Lock()
+        self._next_turn: dict[str, float] = {}  # origin -> monotonic time its next image request may start
+        self._pace_lock = threading.Lock()
         self._tls = ssl.create_default_context()
 
     # -- public ------------------------------------------------------------------------------------------
@@ -253,10 +258,15 @@ class Fetcher:
                 if hop and exc.reason == E.SSRF_BLOCKED:
                     raise FetchError(E.SSRF_BLOCKED, f"redirect {hop} from {origin_url!r}: {exc.detail}") from None
                 raise
-            if check_robots and not self.robots.rules(endpoint).allowed(path_and_query(url)):
-                via = f" (redirect {hop} from {origin_url!r})" if hop else ""
-                raise FetchError(E.ROBOTS_DISALLOWED, f"{url!r}{via}: disallowed by robots.txt for "
-                                                      f"{self.policy.token!r}")
+            if check_robots:
+                rules = self.robots.rules(endpoint)
+                if not rules.allowed(path_and_query(url)):
+                    via = f" (redirect {hop} from {origin_url!r})" if hop else ""
+                    raise FetchError(E.ROBOTS_DISALLOWED, f"{url!r}{via}: disallowed by robots.txt for "
+                                                          f"{self.policy.token!r}")
+                # Waiting for our turn is the crawler's politeness, not the server's slowness: the time caps
+                # start counting when the request may go out.
+                deadline += self._pace(endpoint, rules.crawl_delay, url)
             ex = self._request(endpoint, addrs, url, deadline)
             if ex.resp.status not in REDIRECTS:
                 return ex, url
@@ -266,6 +276,24 @@ class Fetcher:
                 raise FetchError(E.REDIRECT_ERROR, f"{url!r}: {ex.resp.status} without a Location")
             url = urljoin(url, location.strip())
         raise FetchError(E.REDIRECT_ERROR, f"{origin_url!r}: more than {self.policy.max_redirects} redirects")
+
+    def _pace(self, endpoint: Endpoint, delay: float | None, url: str) -> float:
+        """Sleep until `endpoint`'s origin may get its next image request (Crawl-delay seconds after the one
+        before it, in this process); the seconds slept. Over max_crawl_delay: FetchError(crawl_delay)."""
+        if not delay or delay <= 0:
+            return 0.0
+        if delay > self.policy.max_crawl_delay:
+            raise FetchError(E.CRAWL_DELAY, f"{url!r}: robots.txt of {endpoint.origin} asks for Crawl-delay "
+                                            f"{delay:g} s, over pipeline.download.max_crawl_delay="
+                                            f"{self.policy.max_crawl_delay:g}")
+        with self._pace_lock:  # turns are handed out in order; the sleeping happens outside the lock
+            now = time.monotonic()
+            turn = max(now, self._next_turn.get(endpoint.origin, now))
+            self._next_turn[endpoint.origin] = turn + delay
+        wait = turn - now
+        if wait > 0:
+            time.sleep(wait)
+        return wait
 
     def _slot(self, endpoint: Endpoint) -> threading.BoundedSemaphore:
         with self._slots_lock:

@@ -15,6 +15,9 @@ ROBOTS_DISALLOWED = "robots_disallowed"
 """robots.txt of the host disallows the URL for our user-agent token: nothing but robots.txt was requested."""
 ROBOTS_UNREACHABLE = "robots_unreachable"
 """robots.txt answered 5xx: RFC 9309 says assume everything is disallowed until it answers."""
+CRAWL_DELAY = "crawl_delay"
+"""robots.txt asks for more seconds between requests than pipeline.download.max_crawl_delay: the host is
+skipped (nothing but robots.txt was requested) rather than crawled faster than its owner asked."""
 OPT_OUT = "opt_out"
 """The image response carries an X-Robots-Tag directive that opts it out (noai, noimageai...)."""
 TOO_LARGE = "too_large"
@@ -33,7 +36,7 @@ DECODE_ERROR = "decode_error"
 OTHER = "other"
 
 REASONS = frozenset({
-    SSRF_BLOCKED, ROBOTS_DISALLOWED, ROBOTS_UNREACHABLE, OPT_OUT, TOO_LARGE, TOO_MANY_PIXELS, TIMEOUT, DNS_ERROR,
+    SSRF_BLOCKED, ROBOTS_DISALLOWED, ROBOTS_UNREACHABLE, CRAWL_DELAY, OPT_OUT, TOO_LARGE, TOO_MANY_PIXELS, TIMEOUT, DNS_ERROR,
     CONNECTION_ERROR, BAD_URL, REDIRECT_ERROR, HTTP_404, HTTP_429, HTTP_4XX, HTTP_5XX, DECODE_ERROR, OTHER,
 })
 TRANSIENT = frozenset({TIMEOUT, DNS_ERROR, CONNECTION_ERROR, HTTP_5XX, HTTP_429, ROBOTS_UNREACHABLE})

@@ -10,7 +10,8 @@ CONTRACT (owned by the extract/download helper; build.py calls it):
 - Every URL is fetched by pipelines.fetch.client through img2dataset's own Downloader (pipelines.fetch.i2d):
   SSRF guard on every redirect hop with the connection pinned to the checked address (allow-list:
   `allow_private`), robots.txt per origin for `user_agent_token` before any image request, X-Robots-Tag
-  opt-outs before the body, connect/read/total time caps, byte cap, pixel cap from the header.
+  opt-outs before the body, robots.txt Crawl-delay (paced per process up to `max_crawl_delay`, skipped
+  above), connect/read/total time caps, byte cap, pixel cap from the header.
 - Distributed with img2dataset's Ray distributor by default (the project's rule: image stages run on Ray; one
   Ray task per shard, 1 CPU each, so `processes_count` only applies to the multiprocessing/pyspark distributors).
 - Resuming: img2dataset writes <shard>_stats.json after a shard's tar and parquet are closed, and a rerun in
@@ -22,8 +23,8 @@ CONTRACT (owned by the extract/download helper; build.py calls it):
 - Finally the per-shard rows must account for every candidate; statistics go to _stats/; then
   layout.commit(out_uri, counts).
 - counts: input = candidates, output = status "success" rows, dropped by reason (pipelines.fetch.errors):
-  ssrf_blocked, robots_disallowed, robots_unreachable, opt_out, too_large, too_many_pixels, timeout,
-  dns_error, connection_error, bad_url, redirect_error, http_404, http_429, http_4xx, http_5xx,
+  ssrf_blocked, robots_disallowed, robots_unreachable, crawl_delay, opt_out, too_large, too_many_pixels,
+  timeout, dns_error, connection_error, bad_url, redirect_error, http_404, http_429, http_4xx, http_5xx,
   decode_error, other.
 
 What the filter stage can rely on, in out_uri (img2dataset's own layout, shard ids 00000, 00001, ...):
@@ -119,6 +120,11 @@ class DownloadConfig:
     also OpenCV's own cap (OPENCV_IO_MAX_IMAGE_PIXELS) in the workers, for formats Pillow cannot parse."""
     max_host_connections: int = 16
     """Concurrent connections to one host from one worker process."""
+    max_crawl_delay: float = 10.0
+    """robots.txt Crawl-delay honoured up to this many seconds: an origin asking for it gets one image request
+    per Crawl-delay from each download process (redirect hops included; robots.txt itself is not paced). An
+    origin asking for more is skipped (reason crawl_delay, no image requested). 0 skips every origin that sets
+    a Crawl-delay."""
     robots_cache_seconds: float = 86400.0
     """How long a worker reuses a robots.txt (RFC 9309: at most 24 hours)."""
     dns_cache_seconds: float = 300.0
@@ -134,7 +140,8 @@ class DownloadConfig:
         for name in ("timeout", "connect_timeout", "total_timeout", "robots_cache_seconds", "dns_cache_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"pipeline.download.{name}: {getattr(self, name)} must be > 0 seconds")
-        for name in ("retries", "sample_retries", "max_shard_retry", "max_redirects", "retry_backoff"):
+        for name in ("retries", "sample_retries", "max_shard_retry", "max_redirects", "retry_backoff",
+                     "max_crawl_delay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"pipeline.download.{name}: {getattr(self, name)} must be >= 0")
         if self.robots_cache_seconds > 86400:
@@ -162,7 +169,7 @@ class DownloadConfig:
             allow=tuple(str(a) for a in self.allow_private),
             disallowed_directives=tuple(self.disallowed_header_directives),
             robots_ttl=float(self.robots_cache_seconds), dns_ttl=float(self.dns_cache_seconds),
-            max_host_connections=self.max_host_connections)
+            max_host_connections=self.max_host_connections, max_crawl_delay=float(self.max_crawl_delay))
 
 
 def classify_error(status: str | None, message: str | None) -> str:
