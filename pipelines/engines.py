@@ -44,9 +44,23 @@ def init_ray(cfg: EngineConfig):
             kwargs["num_cpus"] = cfg.ray_num_cpus
         # Workers must import pipelines/training/evaluation from this checkout: put the repo root on their path.
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}}
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")},
+                                 "worker_process_setup_hook": "pipelines.engines.quiet_embedded_worker"}
     ray.init(**kwargs)
     return ray
+
+
+# Ray Train's detached placement-group cleaner asks the state API, which the dashboard serves, whether the train
+# controller is alive, once a second. An embedded Ray runs without the dashboard (nothing listens on a port), so
+# every ask fails and would log a warning a second for the whole run. Nothing is lost by hushing it: the cleaner
+# cannot act without the state API anyway, and an embedded Ray's placement groups end with the driver's Ray.
+_NOISY_WITHOUT_DASHBOARD = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def quiet_embedded_worker() -> None:
+    """Ray worker_process_setup_hook of the embedded Ray (see _NOISY_WITHOUT_DASHBOARD)."""
+    for name in _NOISY_WITHOUT_DASHBOARD:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def spark_session(cfg: EngineConfig, app_name: str = "witforge"):

@@ -50,6 +50,9 @@ def test_train_end_to_end_zero(tmp_path, stage, precision, accum):
     proc = subprocess.run([sys.executable, "-m", "training.train", "--config", config], cwd=REPO, env=_env(),
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # Embedded Ray has no dashboard, so Ray Train's placement-group cleaner cannot reach the state API; its
+    # once-a-second warning about that is hushed (pipelines.engines.quiet_embedded_worker).
+    assert "Failed to query Ray Train Controller" not in proc.stdout + proc.stderr
     uri = proc.stdout.strip().splitlines()[-1]  # the checkpoint URI is the last line
     assert uri == str(tmp_path / "out" / "checkpoints" / f"z{stage}" / "step_00000004")
     clip = load_clip(str(tmp_path / "out" / "checkpoints" / f"z{stage}"))
