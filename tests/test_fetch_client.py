@@ -104,7 +104,7 @@ def policy(authority: str, **kw) -> FetchPolicy:
             "connect_timeout": 2.0, "read_timeout": 1.0, "total_timeout": 5.0, "max_bytes": 100_000,
             "max_pixels": 25_000_000, "max_redirects": 3, "allow": (authority,),
             "disallowed_directives": ("noai", "noimageai"), "robots_ttl": 3600.0, "dns_ttl": 60.0,
-            "max_host_connections": 8}
+            "max_host_connections": 8, "max_crawl_delay": 10.0}
     return FetchPolicy(**{**base, **kw})
 
 

@@ -58,7 +58,7 @@ class FetchPolicy:
     robots_ttl: float
     dns_ttl: float
     max_host_connections: int
-    max_crawl_delay: float = 10.0
+    max_crawl_delay: float
     """An origin whose robots.txt Crawl-delay is at most this is paced to it; over it, its images are skipped."""
 
 
